@@ -1,0 +1,1 @@
+"""Shared code behind run_finetune.py: recipes, ABC data, tokenizer, packing, models, run plans."""

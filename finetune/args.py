@@ -1,0 +1,106 @@
+"""The recipe keys that are not `TrainingArguments` fields: what model, what data, how to run.
+
+Every field has a default and a help text; `python run_finetune.py --help` lists them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .abc import DEFAULT_KEEP_FIELDS
+
+BUILTIN_DATASET = "music21"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A checkpoint to fine-tune (local path or hub id). Unset: build a new model from model_config."},
+    )
+    model_config: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Config of a new model when model_name_or_path is unset: `model_type` plus that config's fields, "
+            "e.g. {\"model_type\": \"llama\", \"hidden_size\": 256}. vocab_size and special token ids come from "
+            "the tokenizer. On the command line, a JSON object."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A tokenizer (local path or hub id). Unset: the checkpoint's own tokenizer, or for a new model "
+            "the built-in character-level ABC tokenizer."
+        },
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
+        default="sdpa",
+        metadata={"help": "Attention kernel. Every choice keeps packed tunes apart through position_ids."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run Python code shipped with a hub checkpoint. Off unless you trust its author."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name_or_path: str = field(
+        default=BUILTIN_DATASET,
+        metadata={
+            "help": "'music21': the ~13,000 ABC tunes shipped with music21, prepared once into data/music21_abc/. "
+            "Otherwise a local .abc/.txt/.jsonl/.json/.csv/.parquet file, a folder of them (files named "
+            "train.*/validation.*/test.* are used as those splits), or a datasets hub id."
+        },
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the tune for jsonl/csv/parquet/hub data."})
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={
+            "help": "Share of tunes held out for validation, and again for test, when the data has no such split. "
+            "Tunes are assigned by a hash of their text, so the split does not depend on file order."
+        },
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per packed row. Unset: the model's context length (max_position_embeddings)."},
+    )
+    overlong_tunes: Literal["truncate", "split", "drop"] = field(
+        default="truncate",
+        metadata={
+            "help": "What to do with a tune longer than max_seq_length: 'truncate' keeps its start (header "
+            "included), 'split' trains on every max_seq_length piece as its own sequence, 'drop' leaves it out."
+        },
+    )
+    keep_fields: str = field(
+        default=DEFAULT_KEEP_FIELDS,
+        metadata={
+            "help": "ABC field letters kept in the training text, e.g. 'MLKRQP'. Add 'T' to condition on titles. "
+            "Other fields (X: N: Z: S: B: O: ...) and %% comments are dropped."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training tunes (before packing), for quick runs."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation tunes (before packing)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+
+
+@dataclass
+class RunArguments:
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print the plan (data sizes, steps, warmup share, parameters) and exit without training."},
+    )
+    allow_recipe_change: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from the checkpoints in output_dir even though they were written by a different recipe. "
+            "Without it such a run is refused; pick a new output_dir to start afresh."
+        },
+    )

@@ -1,0 +1,195 @@
+"""Tunes in, a `DatasetDict` of clean tunes out: the built-in music21 corpus and every other source.
+
+The built-in corpus is prepared once into `data/music21_abc/{train,validation,test}.jsonl` (one record
+per tune) and read from there afterwards. Splits are chosen by a hash of each tune's cleaned text, so
+they do not move when files are added or reordered, and an exact duplicate can never sit in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import datasets
+
+from .abc import Tune, clean_tune, split_tunes
+from .args import BUILTIN_DATASET, DataArguments
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_DIR = REPO_ROOT / "data" / "music21_abc"
+SPLITS = ("train", "validation", "test")
+ABC_SUFFIXES = (".abc", ".txt")
+TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def split_of(text: str, held_out_percent: int) -> str:
+    """'train', 'validation' or 'test' from the tune's content hash: `held_out_percent`% each for the last two."""
+    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
+    if bucket < held_out_percent:
+        return "validation"
+    return "test" if bucket < 2 * held_out_percent else "train"
+
+
+def music21_corpus_root() -> Path:
+    import music21
+
+    return Path(music21.__file__).parent / "corpus"
+
+
+def read_text(path: Path) -> str:
+    """ABC collections predate UTF-8; fall back to Latin-1, which decodes any byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> dict:
+    """Write the music21 ABC corpus as cleaned, deduplicated, hash-split JSONL files; return the counts.
+
+    The files appear all at once (written to a temporary folder, then renamed), so an interrupted prepare
+    leaves nothing half-written behind and the next run starts it again.
+    """
+    root = music21_corpus_root()
+    files = sorted(root.rglob("*.abc"))
+    records = {split: [] for split in SPLITS}
+    seen, skipped, raw_count = set(), Counter(), 0
+    for path in files:
+        for index, raw in enumerate(split_tunes(read_text(path))):
+            raw_count += 1
+            tune = clean_tune(raw)
+            if isinstance(tune, str):
+                skipped[tune] += 1
+                continue
+            if tune.text in seen:
+                skipped["exact duplicate"] += 1
+                continue
+            seen.add(tune.text)
+            record = {"text": tune.text, "title": tune.title, "source": f"{path.relative_to(root)}#{index}"}
+            records[split_of(tune.text, held_out_percent)].append(record)
+    stats = {
+        "source": "music21 corpus (ABC files)",
+        "files": len(files),
+        "tunes_read": raw_count,
+        "tunes_kept": {split: len(rows) for split, rows in records.items()},
+        "skipped": dict(skipped),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for split, rows in records.items():
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the corpus is not
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def _abc_records(paths: list[Path]) -> list[dict]:
+    return [
+        {"text": raw, "source": f"{path.name}#{index}"}
+        for path in paths
+        for index, raw in enumerate(split_tunes(read_text(path)))
+    ]
+
+
+def _load_files(paths: list[Path], text_column: str) -> datasets.Dataset:
+    """One dataset with a `text` column from files of one kind (ABC text, or a table format)."""
+    suffixes = {p.suffix for p in paths}
+    if suffixes <= set(ABC_SUFFIXES):
+        return datasets.Dataset.from_list(_abc_records(paths) or [{"text": "", "source": ""}]).filter(
+            lambda row: bool(row["text"])
+        )
+    if len(suffixes) > 1 or not suffixes <= set(TABLE_BUILDERS):
+        raise UserError(f"mixed or unknown data file types {sorted(suffixes)}; use one of {', '.join(TABLE_BUILDERS)} or .abc/.txt")
+    table = datasets.load_dataset(TABLE_BUILDERS[suffixes.pop()], data_files=[str(p) for p in paths], split="train")
+    return _text_column(table, text_column, paths[0].parent)
+
+
+def _text_column(table: datasets.Dataset, text_column: str, where) -> datasets.Dataset:
+    if text_column not in table.column_names:
+        raise UserError(
+            f"{where}: no column '{text_column}' (columns: {', '.join(table.column_names)}); set 'text_column'"
+        )
+    if text_column != "text":
+        table = table.rename_column(text_column, "text")
+    return table
+
+
+def _local_splits(path: Path, text_column: str) -> dict[str, datasets.Dataset]:
+    if path.is_file():
+        return {"all": _load_files([path], text_column)}
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (*ABC_SUFFIXES, *TABLE_BUILDERS))
+    if not files:
+        raise UserError(f"{path}: no .abc/.txt/.jsonl/.json/.csv/.parquet files in this folder")
+    named = {split: [p for p in files if p.stem == split] for split in SPLITS}
+    if named["train"]:
+        return {split: _load_files(paths, text_column) for split, paths in named.items() if paths}
+    return {"all": _load_files(files, text_column)}
+
+
+def load_raw_splits(data_args: DataArguments) -> dict[str, datasets.Dataset]:
+    """The source's splits, each with a `text` column of raw tunes (cleaning comes next)."""
+    name = data_args.dataset_name_or_path
+    if name == BUILTIN_DATASET:
+        if not (BUILTIN_DIR / "stats.json").is_file():
+            print(f"Preparing the music21 ABC corpus into {BUILTIN_DIR} (once) ...", flush=True)
+            stats = prepare_music21()
+            print(f"  kept {stats['tunes_kept']}, skipped {stats['skipped']}", flush=True)
+        return _local_splits(BUILTIN_DIR, "text")
+    path = Path(name).expanduser()
+    if path.exists():
+        return _local_splits(path, data_args.text_column)
+    try:
+        hub = datasets.load_dataset(name)
+    except Exception as e:  # datasets raises many types for "not found" and "offline"
+        raise UserError(f"dataset '{name}': not a local path and could not be loaded from the hub ({type(e).__name__})") from None
+    return {split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()}
+
+
+def _clean_batch(batch: dict, keep_fields: str) -> dict:
+    results = [clean_tune(text or "", keep_fields=keep_fields) for text in batch["text"]]
+    return {
+        "text": [r.text if isinstance(r, Tune) else "" for r in results],
+        "skip_reason": ["" if isinstance(r, Tune) else r for r in results],
+    }
+
+
+def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> tuple[datasets.DatasetDict, dict]:
+    """Clean every tune, drop unusable ones (counted by reason), and make train/validation(/test) splits."""
+    skipped = Counter()
+    cleaned = {}
+    for split, ds in raw.items():
+        ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields}, desc=f"clean {split}")
+        skipped.update(reason for reason in ds["skip_reason"] if reason)
+        cleaned[split] = ds.filter(lambda row: not row["skip_reason"]).remove_columns("skip_reason")
+    if "validation" not in cleaned:
+        pool = datasets.concatenate_datasets([cleaned.pop(s) for s in list(cleaned) if s != "test"])
+        pct = data_args.validation_split_percentage
+        pool = pool.map(lambda row: {"split": split_of(row["text"], pct)})
+        for split in ("train", "validation") if "test" in cleaned else SPLITS:
+            cleaned[split] = pool.filter(lambda row, s=split: row["split"] == s).remove_columns("split")
+    if len(cleaned.get("train", [])) == 0:
+        raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
+    if len(cleaned["validation"]) == 0:
+        raise UserError(
+            f"dataset '{data_args.dataset_name_or_path}': the validation split is empty; "
+            "raise 'validation_split_percentage' or add a validation file"
+        )
+    if data_args.max_train_samples:
+        cleaned["train"] = cleaned["train"].select(range(min(data_args.max_train_samples, len(cleaned["train"]))))
+    if data_args.max_eval_samples:
+        cleaned["validation"] = cleaned["validation"].select(
+            range(min(data_args.max_eval_samples, len(cleaned["validation"])))
+        )
+    return datasets.DatasetDict(cleaned), dict(skipped)

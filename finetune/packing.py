@@ -1,0 +1,139 @@
+"""Tokenize tunes and bin-pack whole tunes into fixed-length rows that keep every tune to itself.
+
+A row holds several tunes back to back. Each tune's `position_ids` restart at 0; with no attention mask
+and no KV cache, transformers turns those restarts into a block-diagonal causal mask (sdpa, eager,
+flash and flex attention alike), so no tune attends to another. The first token of each tune (`<s>`)
+gets label -100: it is not predicted from the tune before it. Padding fills the rest of a row, masked
+the same way. Both steps run through `datasets.map`, so their results are cached on disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """`<s>` tune `</s>` for every tokenizer (a GPT-2 style tokenizer uses its one end-of-text token for both)."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    # verbose=False: tunes longer than the context are expected here; the packer handles them.
+    encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    return {
+        "input_ids": [[bos, *ids, tokenizer.eos_token_id] for ids in encoded],
+        "num_chars": [len(text) for text in batch["text"]],
+        "num_unk": [ids.count(tokenizer.unk_token_id) if tokenizer.unk_token_id is not None else 0 for ids in encoded],
+    }
+
+
+def fit_to_length(sequences: list[list[int]], max_len: int, policy: str) -> list[list[int]]:
+    """Apply the overlong-tune policy: 'truncate', 'split' into max_len pieces, or 'drop'."""
+    out = []
+    for ids in sequences:
+        if len(ids) <= max_len:
+            out.append(ids)
+        elif policy == "truncate":
+            out.append(ids[:max_len])
+        elif policy == "split":
+            out.extend(ids[i : i + max_len] for i in range(0, len(ids), max_len))
+    return out
+
+
+def tokens_kept(length: int, max_len: int, policy: str) -> int:
+    """How many of a tune's tokens reach the rows under the overlong-tune policy."""
+    if length <= max_len:
+        return length
+    return {"truncate": max_len, "split": length, "drop": 0}[policy]
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bins of indices whose lengths sum to at most `capacity`: longest first, each into the fullest bin it fits.
+
+    Deterministic for the same lengths. Every length must be at most `capacity`.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    # Free space of the open bins, sorted, with the bin index as tie-breaker.
+    free: list[tuple[int, int]] = []
+    for i in order:
+        pos = bisect.bisect_left(free, (lengths[i], -1))
+        if pos == len(free):
+            bins.append([i])
+            space, b = capacity - lengths[i], len(bins) - 1
+        else:
+            space, b = free.pop(pos)
+            bins[b].append(i)
+            space -= lengths[i]
+        if space > 0:
+            bisect.insort(free, (space, b))
+    return bins
+
+
+def pack_rows(sequences: list[list[int]], block_size: int, pad_id: int) -> dict:
+    """Rows of exactly `block_size` tokens with `input_ids`, `labels` and `position_ids`."""
+    rows = {"input_ids": [], "labels": [], "position_ids": []}
+    for members in best_fit_decreasing([len(s) for s in sequences], block_size):
+        input_ids, labels, position_ids = [], [], []
+        for i in members:
+            ids = sequences[i]
+            input_ids += ids
+            labels += [IGNORE_INDEX, *ids[1:]]
+            position_ids += range(len(ids))
+        pad = block_size - len(input_ids)
+        input_ids += [pad_id] * pad
+        labels += [IGNORE_INDEX] * pad
+        position_ids += range(pad)
+        rows["input_ids"].append(input_ids)
+        rows["labels"].append(labels)
+        rows["position_ids"].append(position_ids)
+    return rows
+
+
+def _pack_batch(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
+    return pack_rows(fit_to_length(batch["input_ids"], block_size, policy), block_size, pad_id)
+
+
+def tokenize_and_pack(
+    tunes: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, block_size: int, policy: str, num_proc: int | None
+) -> tuple[datasets.DatasetDict, dict]:
+    """Packed train/validation rows, and per-split statistics for the run plan."""
+    tunes = datasets.DatasetDict({split: tunes[split] for split in ("train", "validation")})
+    tokenized = tunes.map(
+        tokenize_batch,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=tunes["train"].column_names,
+        num_proc=num_proc,
+        desc="tokenize",
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    packed, stats = {}, {}
+    for split in ("train", "validation"):
+        ds = tokenized[split]
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        packed[split] = ds.map(
+            _pack_batch,
+            batched=True,
+            batch_size=None,  # bin packing needs the whole split at once
+            fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": policy},
+            remove_columns=ds.column_names,
+            desc=f"pack {split}",
+        )
+        overlong = [n for n in lengths if n > block_size]
+        kept_tokens = sum(tokens_kept(n, block_size, policy) for n in lengths)
+        stats[split] = {
+            "tunes": len(lengths),
+            "tokens": sum(lengths),
+            "chars": sum(ds["num_chars"]),
+            "tunes_with_unknown_chars": sum(1 for n in ds["num_unk"] if n),
+            "overlong_tunes": len(overlong),
+            "overlong_pieces": sum(math.ceil(n / block_size) for n in overlong),
+            "tokens_in_rows": kept_tokens,
+            "rows": len(packed[split]),
+            "padding_share": 1 - kept_tokens / (len(packed[split]) * block_size) if len(packed[split]) else 0.0,
+        }
+    return datasets.DatasetDict(packed), stats

@@ -1,0 +1,288 @@
+"""Read a recipe (JSON, with `extends`), apply command-line flags, and validate everything up front.
+
+A recipe's keys are the fields of `TrainingArguments` and of the dataclasses in `finetune.args`. The
+file sets defaults; flags after it win (`--learning_rate 3e-4`), exactly as TRL's parser does. Every
+problem is collected and reported together, before a model, a dataset or the output directory is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from .args import BUILTIN_DATASET, DataArguments, ModelArguments, RunArguments
+from .errors import UserError
+
+RECIPE_DATACLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
+DATA_SUFFIXES = (".abc", ".txt", ".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclasses.dataclass
+class ParsedRecipe:
+    model_args: ModelArguments
+    data_args: DataArguments
+    run_args: RunArguments
+    training_args: TrainingArguments
+    # The recipe after `extends` and flags: only the keys that were set, so it can be run again as is.
+    resolved: dict[str, Any]
+    notes: list[str]
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+class RecipeParser(HfArgumentParser):
+    """HfArgumentParser whose mistakes raise UserError (one line) instead of printing usage and exiting."""
+
+    def __init__(self):
+        super().__init__(
+            RECIPE_DATACLASSES,
+            prog="run_finetune.py",
+            usage="run_finetune.py RECIPE.json [--field value ...] [--dry_run]",
+            allow_abbrev=False,
+        )
+        # HfArgumentParser hands `dict` itself to argparse as the type of dict fields; read JSON instead.
+        for action in self._actions:
+            if action.type is dict or typing.get_origin(action.type) is dict:
+                action.type = _json_object
+
+    def error(self, message: str):
+        raise UserError(f"command line: {message}")
+
+    @property
+    def field_types(self) -> dict[str, Any]:
+        hints = {}
+        for dtype in RECIPE_DATACLASSES:
+            type_hints = typing.get_type_hints(dtype)
+            hints.update({f.name: type_hints[f.name] for f in dataclasses.fields(dtype) if f.init})
+        return hints
+
+
+def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe at `path` merged over its `extends` chain (paths relative to the recipe that names them)."""
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise UserError(f"{path}: 'extends' cycle ({cycle}); remove one of these links")
+    if not path.is_file():
+        named_by = f" (named by 'extends' in {_chain[-1]})" if _chain else ""
+        raise UserError(f"{path}: no such recipe file{named_by}; check the path")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the recipe as UTF-8") from None
+    if not text.strip():
+        raise UserError(f'{path}: empty file; a recipe is a JSON object such as {{"extends": "music_abc.json"}}')
+    try:
+        recipe = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: a recipe is a JSON object {{...}}, not a JSON {type(recipe).__name__}")
+    parent = recipe.pop("extends", None)
+    if parent is None:
+        return recipe
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: 'extends' must be a path string such as \"music_abc.json\"")
+    return merge_recipes(read_recipe(path.parent / parent, (*_chain, path)), recipe)
+
+
+def merge_recipes(base: dict, override: dict) -> dict:
+    """`override` over `base`; nested objects (model_config) merge key by key, so a variant names one field."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_recipes(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """Why `value` (from JSON) does not fit the type `hint`, or None when it fits."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        problems = [type_problem(value, arm) for arm in args]
+        return None if None in problems else " or ".join(p.removeprefix("expected ") for p in problems)
+    if hint is type(None):
+        return None if value is None else "expected null"
+    if origin is typing.Literal:
+        return None if value in args else f"expected one of {', '.join(map(json.dumps, args))}"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        choices = [member.value for member in hint]
+        return None if value in choices else f"expected one of {', '.join(map(json.dumps, choices))}"
+    if hint is bool:
+        return None if isinstance(value, bool) else "expected true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "expected a number"
+    if hint is str:
+        return None if isinstance(value, str) else "expected a string"
+    if hint is dict or origin is dict:
+        return None if isinstance(value, dict) else "expected a JSON object"
+    if origin is list:
+        if not isinstance(value, list):
+            return "expected a list"
+        problems = [type_problem(item, args[0]) for item in value] if args else []
+        return next((f"list item {p}" for p in problems if p), None)
+    return None
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else "; see `python run_finetune.py --help` for the keys"
+
+
+def _recipe_problems(recipe: dict, field_types: dict) -> tuple[dict, list[str]]:
+    """Split the recipe into the keys that type-check and a list of problems with the others."""
+    good, problems = {}, []
+    for key, value in recipe.items():
+        if key not in field_types:
+            problems.append(f"unknown key '{key}'{_did_you_mean(key, field_types)}")
+        elif problem := type_problem(value, field_types[key]):
+            problems.append(f"'{key}': {problem}, got {_describe(value)}")
+        else:
+            good[key] = value
+    return good, problems
+
+
+def _flag_names(parser: RecipeParser, flags: list[str]) -> tuple[list[str], list[str]]:
+    """The field names that the command-line flags set, and the flags that name no field."""
+    given, unknown = [], []
+    for token in flags:
+        if not token.startswith("--"):
+            continue
+        action = parser._option_string_actions.get(token.split("=", 1)[0])
+        if action is None:
+            unknown.append(token)
+        elif action.dest != "help":
+            given.append(action.dest)
+    return given, unknown
+
+
+def _value_problems(ns: dict) -> list[str]:
+    """Cross-field and range checks on the merged values: each a problem with its fix."""
+    problems = []
+    positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
+    problems += [f"'{k}' must be at least 1, got {ns[k]}" for k in positive if ns[k] < 1]
+    if ns["learning_rate"] <= 0:
+        problems.append(f"'learning_rate' must be positive, got {ns['learning_rate']}")
+    if ns["max_steps"] <= 0 and ns["num_train_epochs"] <= 0:
+        problems.append("'num_train_epochs' must be positive (or set 'max_steps' > 0)")
+    for key in ("warmup_steps", "weight_decay", "max_grad_norm"):
+        if ns[key] < 0:
+            problems.append(f"'{key}' must not be negative, got {ns[key]}")
+    for key in ("logging_steps", "save_steps", "eval_steps"):
+        if ns[key] is not None and ns[key] <= 0:
+            problems.append(f"'{key}' must be positive, got {ns[key]}")
+    if ns["bf16"] and ns["fp16"]:
+        problems.append("'bf16' and 'fp16' are both true; keep one (bf16 where the hardware has it)")
+    if ns["max_seq_length"] is not None and ns["max_seq_length"] < 2:
+        problems.append(f"'max_seq_length' must be at least 2, got {ns['max_seq_length']}")
+    if not 0 <= ns["validation_split_percentage"] < 50:
+        problems.append(f"'validation_split_percentage' must be in [0, 50), got {ns['validation_split_percentage']}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if ns[key] is not None and ns[key] < 1:
+            problems.append(f"'{key}' must be at least 1, got {ns[key]}")
+    if ns["model_name_or_path"] is None and not ns["model_config"].get("model_type"):
+        problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
+    problems += _path_problems(ns)
+    if "8bit" in str(ns["optim"]) and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"'optim' {ns['optim']} needs bitsandbytes: pip install bitsandbytes, or use adamw_torch")
+    return problems
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(DATA_SUFFIXES) or name.count("/") != 1
+
+
+def _path_problems(ns: dict) -> list[str]:
+    problems = []
+    dataset = ns["dataset_name_or_path"]
+    if dataset != BUILTIN_DATASET and _looks_like_path(dataset) and not Path(dataset).expanduser().exists():
+        problems.append(f"'dataset_name_or_path': no such file or folder: {dataset}")
+    elif Path(dataset).is_file() and not dataset.endswith(DATA_SUFFIXES):
+        problems.append(f"'dataset_name_or_path': {dataset} is not one of {', '.join(DATA_SUFFIXES)}")
+    for key in ("model_name_or_path", "tokenizer_name_or_path"):
+        name = ns[key]
+        if name and name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+            problems.append(f"'{key}': no such folder: {name}")
+    return problems
+
+
+def _precision_notes(ns: dict) -> tuple[list[str], list[str]]:
+    """bf16 on a machine without a bf16 GPU: run it on the CPU (autocast), or refuse on an old GPU."""
+    if not ns["bf16"] or ns["use_cpu"]:
+        return [], []
+    if not torch.cuda.is_available():
+        ns["use_cpu"] = True
+        note = "no GPU found: training on the CPU with bf16 autocast"
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            note += "; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 runs far slower than fp32 (--bf16 false)"
+        return [note], []
+    if not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name()
+        return [], [f"'bf16' is not supported by {name} (it needs an Ampere or newer GPU); use --bf16 false --fp16 true"]
+    return [], []
+
+
+def parse_recipe(argv: list[str]) -> ParsedRecipe:
+    """Parse `RECIPE.json [--field value ...]` into the four argument objects, or raise UserError."""
+    parser = RecipeParser()
+    if argv and argv[0] in ("-h", "--help"):
+        parser.print_help()
+        raise SystemExit(0)
+    if not argv or argv[0].startswith("-"):
+        raise UserError(f"usage: {parser.usage}; the first argument is a recipe such as recipes/music_abc.json")
+    recipe_path, flags = Path(argv[0]), argv[1:]
+    recipe = read_recipe(recipe_path)
+    field_types = parser.field_types
+    good, problems = _recipe_problems(recipe, field_types)
+    given, unknown_flags = _flag_names(parser, flags)
+    problems += [f"unknown flag '{flag}'{_did_you_mean(flag.lstrip('-').split('=')[0], field_types)}" for flag in unknown_flags]
+    if problems:
+        raise UserError(_join(recipe_path, problems))
+    parser.set_defaults(**good)
+    ns = vars(parser.parse_args(flags))
+    problems = _value_problems(ns)
+    notes, precision_problems = _precision_notes(ns)
+    problems += precision_problems
+    if problems:
+        raise UserError(_join(recipe_path, problems))
+    outputs = []
+    for dtype in RECIPE_DATACLASSES:
+        names = {f.name for f in dataclasses.fields(dtype) if f.init}
+        try:
+            outputs.append(dtype(**{k: v for k, v in ns.items() if k in names}))
+        except (ValueError, TypeError) as e:
+            raise UserError(_join(recipe_path, [" ".join(str(e).split())])) from None
+    resolved = {**recipe, **{key: ns[key] for key in given}}
+    return ParsedRecipe(*outputs, resolved=resolved, notes=notes)
+
+
+def _join(recipe_path: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{recipe_path}: {problems[0]}"
+    return f"{recipe_path}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)

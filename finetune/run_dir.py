@@ -1,0 +1,92 @@
+"""The run directory: what makes a run reproducible, and when re-running a command resumes it.
+
+Re-running the same command resumes from the newest checkpoint in `output_dir`. The recipe that wrote
+those checkpoints is kept as `recipe.json`; a different recipe into the same folder is refused, except
+for keys that only say how long to train or how often to log, evaluate and save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+from .errors import UserError
+
+RECIPE_FILE = "recipe.json"
+ENVIRONMENT_FILE = "environment.json"
+PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "bitsandbytes", "peft", "music21")
+
+# Keys that may change between a run and its resumption without making it a different experiment.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps", "num_train_epochs", "output_dir", "dry_run", "allow_recipe_change", "resume_from_checkpoint",
+        "logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name", "disable_tqdm",
+        "save_steps", "save_strategy", "save_total_limit", "eval_steps", "eval_strategy", "eval_on_start",
+        "per_device_eval_batch_size", "dataloader_num_workers", "preprocessing_num_workers",
+    }
+)
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two resolved recipes, ignoring RESUMABLE_CHANGES."""
+    keys = (old.keys() | new.keys()) - RESUMABLE_CHANGES
+    return sorted(key for key in keys if old.get(key) != new.get(key))
+
+
+def check_output_dir(output_dir: str, resolved: dict, allow_recipe_change: bool) -> str | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses a folder holding another run."""
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None or allow_recipe_change:
+        return checkpoint
+    recipe_file = Path(output_dir) / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise UserError(
+            f"output_dir {output_dir} holds checkpoints of a run without {RECIPE_FILE}; choose another "
+            "output_dir, or pass --allow_recipe_change to resume from them anyway"
+        )
+    changed = recipe_changes(json.loads(recipe_file.read_text()), resolved)
+    if changed:
+        raise UserError(
+            f"output_dir {output_dir} holds checkpoints of a different recipe (differs in: {', '.join(changed)}); "
+            "choose another output_dir, or pass --allow_recipe_change to resume from them anyway"
+        )
+    return checkpoint
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_run_files(output_dir: str, resolved: dict, command: list[str]) -> None:
+    """`recipe.json` (the resolved recipe, runnable as is) and `environment.json` (versions, command)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / RECIPE_FILE, resolved)
+    _write_json(
+        out / ENVIRONMENT_FILE,
+        {
+            "command": command,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": {name: _version(name) for name in PACKAGES},
+        },
+    )

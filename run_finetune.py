@@ -1,0 +1,88 @@
+"""Fine-tune (or train from scratch) a causal language model on ABC tunes, from a JSON recipe.
+
+    accelerate launch run_finetune.py recipes/music_abc.json
+    python run_finetune.py recipes/music_abc_quick.json --dry_run
+    python run_finetune.py recipes/music_abc_quick.json --max_steps 3 --output_dir runs/try
+
+Recipe keys are `TrainingArguments` fields plus those in finetune/args.py; flags after the recipe
+override it. Re-running a command resumes from the newest checkpoint in its output_dir.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from transformers import Trainer, default_data_collator, set_seed
+
+from finetune.data import clean_splits, load_raw_splits
+from finetune.errors import UserError
+from finetune.model import context_length, load_config, load_model, load_tokenizer
+from finetune.packing import tokenize_and_pack
+from finetune.plan import make_plan
+from finetune.recipe import parse_recipe
+from finetune.run_dir import check_output_dir, write_run_files
+
+
+def main(argv: list[str]) -> int:
+    ########## recipe: parse and validate everything before touching data, model or output_dir
+    recipe = parse_recipe(argv)
+    model_args, data_args, run_args, training_args = (
+        recipe.model_args, recipe.data_args, recipe.run_args, recipe.training_args,
+    )
+    resume_from = training_args.resume_from_checkpoint or check_output_dir(
+        training_args.output_dir, recipe.resolved, run_args.allow_recipe_change
+    )
+    config = load_config(model_args)
+    block_size = data_args.max_seq_length or context_length(config)
+    if block_size > context_length(config):
+        raise UserError(f"max_seq_length {block_size} is longer than the model's context ({context_length(config)})")
+    set_seed(training_args.seed)
+
+    ########## data: clean tunes, tokenize, pack (cached by datasets; the main process goes first)
+    tokenizer = load_tokenizer(model_args, block_size)
+    with training_args.main_process_first(desc="prepare data"):
+        tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
+        lm_datasets, data_stats = tokenize_and_pack(
+            tunes, tokenizer, block_size, data_args.overlong_tunes, data_args.preprocessing_num_workers
+        )
+    notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
+
+    ########## model and plan
+    model = load_model(model_args, config, tokenizer, on_meta=run_args.dry_run)
+    plan = make_plan(model_args, data_args, training_args, data_stats, model.num_parameters(), block_size, notes)
+    if training_args.should_log:
+        print(plan, flush=True)
+        if resume_from:
+            print(f"Resuming from {resume_from}", flush=True)
+    if run_args.dry_run:
+        return 0
+
+    ########## train, then save the final model and tokenizer beside the checkpoints
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=lm_datasets["train"],
+        eval_dataset=lm_datasets["validation"],
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
+    if trainer.is_world_process_zero():
+        write_run_files(training_args.output_dir, recipe.resolved, ["run_finetune.py", *argv])
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return 0
+
+
+def cli() -> int:
+    try:
+        return main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
