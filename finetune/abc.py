@@ -60,7 +60,7 @@ def clean_tune(raw: str, keep_fields: str = DEFAULT_KEEP_FIELDS, single_voice: b
     Header fields are written without the optional space after the colon (`M: 6/8` -> `M:6/8`) so that
     prompts such as `M:6/8` match every tune the same way.
     """
-    title, lines, has_key, in_body, body_lines = "", [], False, False, 0
+    title, lines, has_key, in_body, body_lines, music_before_key = "", [], False, False, 0, False
     raw = C1_CONTROLS.sub(lambda m: bytes([ord(m.group())]).decode("cp437"), raw).replace("\t", " ")
     for line in raw.split("\n"):
         if line.startswith("%"):
@@ -82,12 +82,14 @@ def clean_tune(raw: str, keep_fields: str = DEFAULT_KEEP_FIELDS, single_voice: b
                 lines.append(f"{letter}:{value}")
             continue
         if not in_body:
-            # Music before any K: line breaks the ABC header; such a tune is not parseable.
-            return "music before K: field"
+            # Music before the K: line breaks the ABC header; such a tune is not parseable.
+            music_before_key = True
         lines.append(line)
         body_lines += 1
     if not has_key:
         return "no K: field"
+    if music_before_key:
+        return "music before K: field"
     if body_lines == 0:
         return "empty body"
     return Tune(text="\n".join(lines) + "\n", title=title)

@@ -24,7 +24,7 @@ class ModelArguments:
         metadata={
             "help": "Config of a new model when model_name_or_path is unset: `model_type` plus that config's fields, "
             "e.g. {\"model_type\": \"llama\", \"hidden_size\": 256}. vocab_size and special token ids come from "
-            "the tokenizer. On the command line, a JSON object."
+            "the tokenizer. On the command line, a JSON object merged into the recipe's."
         },
     )
     tokenizer_name_or_path: str | None = field(

@@ -165,6 +165,22 @@ def _clean_batch(batch: dict, keep_fields: str) -> dict:
     }
 
 
+def _drop_duplicates(splits: dict[str, datasets.Dataset], skipped: Counter) -> None:
+    """Keep the first copy of each tune text, in train, validation, test order: held-out tunes stay unseen."""
+    seen = set()
+    for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else -1):
+        keep = []
+        for i, text in enumerate(splits[split]["text"]):
+            if text not in seen:
+                seen.add(text)
+                keep.append(i)
+        skipped["exact duplicate"] += len(splits[split]) - len(keep)
+        if len(keep) < len(splits[split]):
+            splits[split] = splits[split].select(keep)
+    if not skipped["exact duplicate"]:
+        del skipped["exact duplicate"]
+
+
 def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> tuple[datasets.DatasetDict, dict]:
     """Clean every tune, drop unusable ones (counted by reason), and make train/validation(/test) splits."""
     skipped = Counter()
@@ -173,6 +189,9 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields}, desc=f"clean {split}")
         skipped.update(reason for reason in ds["skip_reason"] if reason)
         cleaned[split] = ds.filter(lambda row: not row["skip_reason"]).remove_columns("skip_reason")
+    if sum(len(ds) for ds in cleaned.values()) == 0:
+        raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
+    _drop_duplicates(cleaned, skipped)
     if "validation" not in cleaned:
         pool = datasets.concatenate_datasets([cleaned.pop(s) for s in list(cleaned) if s != "test"])
         pct = data_args.validation_split_percentage

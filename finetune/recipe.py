@@ -118,15 +118,18 @@ def type_problem(value: Any, hint: Any) -> str | None:
     if hint is Any:
         return None
     if origin in (typing.Union, types.UnionType):
+        # HF writes choices as `SomeEnum | str`; the string arm is the enum's values, not any string.
+        enums = [arm for arm in args if isinstance(arm, type) and issubclass(arm, enum.Enum)]
+        if enums and isinstance(value, str):
+            return type_problem(value, enums[0])
         problems = [type_problem(value, arm) for arm in args]
         return None if None in problems else " or ".join(p.removeprefix("expected ") for p in problems)
     if hint is type(None):
         return None if value is None else "expected null"
     if origin is typing.Literal:
-        return None if value in args else f"expected one of {', '.join(map(json.dumps, args))}"
+        return _choice_problem(value, list(args))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        choices = [member.value for member in hint]
-        return None if value in choices else f"expected one of {', '.join(map(json.dumps, choices))}"
+        return _choice_problem(value, [member.value for member in hint])
     if hint is bool:
         return None if isinstance(value, bool) else "expected true or false"
     if hint is int:
@@ -143,6 +146,15 @@ def type_problem(value: Any, hint: Any) -> str | None:
         problems = [type_problem(item, args[0]) for item in value] if args else []
         return next((f"list item {p}" for p in problems if p), None)
     return None
+
+
+def _choice_problem(value: Any, choices: list) -> str | None:
+    if value in choices:
+        return None
+    close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+    if close:
+        return f"expected one of {len(choices)} choices, did you mean {json.dumps(close[0])}?"
+    return f"expected one of {', '.join(map(json.dumps, choices))}"
 
 
 def _describe(value: Any) -> str:
@@ -162,7 +174,7 @@ def _recipe_problems(recipe: dict, field_types: dict) -> tuple[dict, list[str]]:
         if key not in field_types:
             problems.append(f"unknown key '{key}'{_did_you_mean(key, field_types)}")
         elif problem := type_problem(value, field_types[key]):
-            problems.append(f"'{key}': {problem}, got {_describe(value)}")
+            problems.append(f"'{key}': got {_describe(value)}, {problem}")
         else:
             good[key] = value
     return good, problems
@@ -266,6 +278,9 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
         raise UserError(_join(recipe_path, problems))
     parser.set_defaults(**good)
     ns = vars(parser.parse_args(flags))
+    for key in given:  # a JSON-object flag merges into the recipe's object, as `extends` does
+        if isinstance(ns[key], dict) and isinstance(good.get(key), dict):
+            ns[key] = merge_recipes(good[key], ns[key])
     problems = _value_problems(ns)
     notes, precision_problems = _precision_notes(ns)
     problems += precision_problems

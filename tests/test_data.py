@@ -1,0 +1,139 @@
+"""ABC cleaning, the built-in corpus and its splits, other data sources, and the tokenizer round trip."""
+
+import json
+import tempfile
+
+import pytest
+from transformers import AutoTokenizer
+
+from finetune.abc import Tune, clean_tune, split_tunes
+from finetune.args import DataArguments
+from finetune.data import BUILTIN_DIR, clean_splits, load_raw_splits, split_of
+from finetune.tokenizer import build_abc_tokenizer
+
+BOOK = """% a tune book
+X:1
+T:The First
+N:a note to drop
+M: 6/8
+L:1/8
+R:jig
+K:D
+dAF DFA|d2e f2g| % inline comment
+w:some words
+
+X:2
+T:No Key
+M:4/4
+abc|
+
+X:3
+T:Two Voices
+M:4/4
+K:C
+V:1
+abc|
+V:2
+CDE|
+"""
+
+
+def test_split_and_clean_a_tune_book():
+    """Tunes split at X: and blank lines; comments, free text and lyrics go; music fields are normalised."""
+    raws = split_tunes(BOOK)
+    assert len(raws) == 3
+    results = [clean_tune(raw) for raw in raws]
+    assert results[0] == Tune(text="M:6/8\nL:1/8\nR:jig\nK:D\ndAF DFA|d2e f2g|\n", title="The First")
+    assert results[1] == "no K: field"
+    assert results[2] == "multi-voice"
+    assert clean_tune(raws[0], keep_fields="TMLK").text.startswith("T:The First\nM:6/8")
+
+
+def test_cleaning_is_idempotent_and_repairs_cp437_text():
+    tune = clean_tune("X:1\nR:geistliche, religi\x94se Lieder\nK:G\nG\tA|\n")
+    assert tune.text == "R:geistliche, religiöse Lieder\nK:G\nG A|\n"
+    assert clean_tune(tune.text) == tune
+
+
+def test_hash_split_is_deterministic_and_proportional():
+    texts = [f"K:C\n{i}|\n" for i in range(20000)]
+    splits = [split_of(t, 5) for t in texts]
+    assert splits == [split_of(t, 5) for t in texts]
+    for split in ("validation", "test"):
+        assert 0.04 < splits.count(split) / len(texts) < 0.06
+
+
+def test_builtin_corpus_is_real_split_and_deduplicated(corpus):
+    """~13,000 music21 tunes; no tune text appears twice, so none is in two splits."""
+    stats = json.loads((BUILTIN_DIR / "stats.json").read_text())
+    assert stats["tunes_read"] > 12000
+    sizes = {split: len(texts) for split, texts in corpus.items()}
+    assert sizes["train"] > 10000 and 400 < sizes["validation"] < 1000 and 400 < sizes["test"] < 1000
+    every = [t for texts in corpus.values() for t in texts]
+    assert len(every) == len(set(every))
+    assert all(split_of(t, 5) == "validation" for t in corpus["validation"])
+    assert all("\nK:" in "\n" + t for t in every)
+
+
+def test_tokenizer_round_trips_every_tune_in_the_corpus(corpus, tmp_path):
+    """decode(encode(tune)) == tune for all ~13,000 tunes, through a saved and reloaded AutoTokenizer."""
+    build_abc_tokenizer(model_max_length=1024).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    every = [t for texts in corpus.values() for t in texts]
+    encoded = tokenizer(every)["input_ids"]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in encoded)
+    assert tokenizer.unk_token_id not in {i for ids in encoded for i in ids}
+    assert tokenizer.batch_decode(encoded, skip_special_tokens=True) == every
+    # Notations are single tokens, so a tune is shorter in tokens than in characters.
+    assert sum(len(ids) - 1 for ids in encoded) < sum(map(len, every))  # less the leading <s>
+
+
+@pytest.mark.parametrize("kind", ["abc", "jsonl", "csv", "parquet", "folder"])
+def test_local_sources_load_and_split(kind, tmp_path):
+    """Every supported local source gives train and validation splits of cleaned tunes."""
+    tunes = [f"X:{i}\nT:t{i}\nM:4/4\nK:C\n{''.join('CDEFGABc'[int(d)] for d in oct(i)[2:])}|\n" for i in range(200)]
+    if kind == "abc":
+        path = tmp_path / "book.abc"
+        path.write_text("\n".join(tunes))
+    elif kind == "folder":
+        path = tmp_path / "tunes"
+        path.mkdir()
+        (path / "train.abc").write_text("\n".join(tunes[:150]))
+        (path / "validation.abc").write_text("\n".join(tunes[150:]))
+    else:
+        import pandas as pd
+
+        path = tmp_path / f"tunes.{kind}"
+        frame = pd.DataFrame({"abc": tunes})
+        {"jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+         "csv": lambda: frame.to_csv(path, index=False),
+         "parquet": lambda: frame.to_parquet(path)}[kind]()
+    args = DataArguments(dataset_name_or_path=str(path), text_column="abc", validation_split_percentage=10)
+    splits, skipped = clean_splits(load_raw_splits(args), args)
+    assert skipped == {}
+    assert len(splits["validation"]) > 0
+    assert sum(len(s) for s in splits.values()) == len(tunes)
+    assert all(t.startswith("M:4/4\nK:C\n") for t in splits["train"]["text"])
+    if kind == "folder":
+        assert len(splits["validation"]) == 50
+
+
+def test_unusable_data_is_an_error_not_a_crash(tmp_path):
+    from finetune.errors import UserError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not tunes\n\njust prose\n")
+    args = DataArguments(dataset_name_or_path=str(path))
+    with pytest.raises(UserError, match="no usable training tunes"):
+        clean_splits(load_raw_splits(args), args)
+
+
+def test_duplicates_are_dropped_and_never_shared_between_splits(tmp_path):
+    """The same tune under two titles is one tune once X: and T: are gone; a held-out copy of a training tune goes."""
+    (tmp_path / "train.abc").write_text("X:1\nT:a\nK:C\nCDE|\n\nX:2\nT:b\nK:C\nCDE|\n\nX:3\nK:C\nFGA|\n")
+    (tmp_path / "validation.abc").write_text("X:1\nT:c\nK:C\nCDE|\n\nX:2\nK:C\nGAB|\n")
+    args = DataArguments(dataset_name_or_path=str(tmp_path))
+    splits, skipped = clean_splits(load_raw_splits(args), args)
+    assert skipped == {"exact duplicate": 2}
+    assert splits["train"]["text"] == ["K:C\nCDE|\n", "K:C\nFGA|\n"]
+    assert splits["validation"]["text"] == ["K:C\nGAB|\n"]

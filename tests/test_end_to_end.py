@@ -1,0 +1,93 @@
+"""The real entry point on CPU with a tiny model: train, save, load with plain transformers, resume."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY_RECIPE
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ACCEPTANCE_FLAGS = [
+    "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "2",
+    "--save_steps", "2", "--eval_steps", "2", "--logging_steps", "1",
+]
+
+
+def run(cmd, env=None):
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def finetune(*args, launcher=(sys.executable,), env=None):
+    return run([*launcher, "run_finetune.py", str(TINY_RECIPE), *map(str, args)], env=env)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "D"
+    result = finetune("--max_steps", 3, *ACCEPTANCE_FLAGS, "--output_dir", out)
+    return out, result
+
+
+def test_three_steps_with_8bit_adamw_and_bf16_leave_a_complete_run_dir(first_run):
+    out, result = first_run
+    assert "3 optimizer steps in all" in result.stdout and "adamw_8bit" in result.stdout and "bf16" in result.stdout
+    for name in ("checkpoint-2", "checkpoint-3", "model.safetensors", "tokenizer.json", "recipe.json", "environment.json"):
+        assert (out / name).exists(), name
+    assert (out / "checkpoint-2" / "optimizer.pt").exists()
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["max_steps"] == 3 and recipe["optim"] == "adamw_8bit" and recipe["seed"] == 3407
+    env = json.loads((out / "environment.json").read_text())
+    assert env["packages"]["transformers"] and env["command"][0] == "run_finetune.py"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+    assert any("eval_loss" in entry for entry in state["log_history"])
+
+
+def test_output_loads_with_plain_transformers_and_generates_abc(first_run):
+    out, _ = first_run
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    prompt = "M:6/8\nK:D\n"
+    inputs = tokenizer(prompt, return_tensors="pt")
+    torch.manual_seed(0)
+    output = model.generate(**inputs, max_new_tokens=20, do_sample=True)
+    text = tokenizer.decode(output[0], skip_special_tokens=True)
+    assert text.startswith(prompt) and len(text) > len(prompt)
+
+
+def test_rerun_resumes_from_the_last_checkpoint_and_refuses_another_recipe(first_run):
+    out, _ = first_run
+    result = finetune("--max_steps", 5, *ACCEPTANCE_FLAGS, "--output_dir", out)
+    assert f"Resuming from {out}/checkpoint-3" in result.stdout
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+    # Steps 1-3 come from the first run and are not trained again.
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5]
+    refused = subprocess.run(
+        [sys.executable, "run_finetune.py", str(TINY_RECIPE), "--learning_rate", "3e-4", "--output_dir", str(out)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert refused.returncode == 2
+    assert "different recipe (differs in: learning_rate)" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_accelerate_launch_without_a_config_and_the_plan_matches_the_trainer(tmp_path):
+    """`accelerate launch` works with no accelerate config; the plan's step count is the Trainer's."""
+    out = tmp_path / "D"
+    result = finetune(
+        "--num_train_epochs", 1, "--gradient_accumulation_steps", 3, "--max_train_samples", 40,
+        "--bf16", "false", "--output_dir", out,
+        launcher=(str(Path(sys.executable).with_name("accelerate")), "launch"),
+        env={"HF_HOME": str(tmp_path / "hf_home")},  # where accelerate would look for a default config
+    )
+    planned = int(re.search(r"(\d+) optimizer steps in all", result.stdout).group(1))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert planned == state["max_steps"] == state["global_step"]

@@ -1,0 +1,143 @@
+"""Recipes: every shipped recipe validates, `extends` and flags resolve, bad recipes fail cleanly."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY_RECIPE, run_cli
+
+from finetune.errors import UserError
+from finetune.recipe import parse_recipe, read_recipe
+
+RECIPES = sorted((REPO / "recipes").glob("*.json"))
+
+DOCUMENTED = {
+    "seed": 3407,
+    "learning_rate": 1e-4,
+    "warmup_steps": 2000,
+    "lr_scheduler_type": "linear",
+    "gradient_accumulation_steps": 32,
+    "weight_decay": 0.01,
+    "optim": "adamw_8bit",
+    "bf16": True,
+    "fp16": False,
+    "logging_steps": 2000,
+    "logging_strategy": "steps",
+    "eval_strategy": "steps",
+    "save_strategy": "steps",
+}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    """Each recipe in recipes/ resolves its extends chain and builds all four argument objects."""
+    parsed = parse_recipe([str(path)])
+    assert parsed.training_args.output_dir.startswith("runs/")
+    assert parsed.model_args.model_config.get("model_type") or parsed.model_args.model_name_or_path
+
+
+def test_music_abc_carries_the_documented_values():
+    """recipes/music_abc.json holds the source document's hyperparameters verbatim."""
+    recipe = read_recipe(REPO / "recipes" / "music_abc.json")
+    assert {key: recipe[key] for key in DOCUMENTED} == DOCUMENTED
+    assert recipe["num_train_epochs"] in (1, 2)
+    assert "max_seq_length" not in recipe  # defaults to the model's context length
+    args = parse_recipe([str(REPO / "recipes" / "music_abc.json")]).training_args
+    assert (args.optim.value, args.lr_scheduler_type.value, args.seed) == ("adamw_8bit", "linear", 3407)
+
+
+def test_extends_merges_nested_model_config_and_flags_win():
+    """A variant names only what differs; nested model_config merges by key; a flag beats the file."""
+    parsed = parse_recipe([str(TINY_RECIPE), "--learning_rate", "3e-4", "--model_config", '{"hidden_size": 64}'])
+    assert parsed.training_args.learning_rate == 3e-4
+    assert parsed.training_args.seed == 3407  # from music_abc.json, two files up the chain
+    assert parsed.model_args.model_config["model_type"] == "llama"
+    assert parsed.model_args.model_config["hidden_size"] == 64
+    assert parsed.resolved["learning_rate"] == 3e-4 and "extends" not in parsed.resolved
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    (tmp_path / "a.json").write_text('{"extends": "b.json"}')
+    (tmp_path / "b.json").write_text('{"extends": "a.json"}')
+    with pytest.raises(UserError, match=r"'extends' cycle \(a.json -> b.json -> a.json\)"):
+        read_recipe(tmp_path / "a.json")
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    """Three mistakes in one recipe come back in one message, not one per attempt."""
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"extends": str(REPO / "recipes/music_abc.json"), "learning_rat": 1, "seed": "x", "fp16": True}))
+    with pytest.raises(UserError) as err:
+        parse_recipe([str(recipe)])
+    assert "did you mean 'learning_rate'" in str(err.value) and "'seed': got \"x\", expected an integer" in str(err.value)
+    recipe.write_text(json.dumps({"extends": str(REPO / "recipes/music_abc.json"), "fp16": True, "learning_rate": -1}))
+    with pytest.raises(UserError, match="2 problems") as err:
+        parse_recipe([str(recipe)])
+    assert "'bf16' and 'fp16' are both true" in str(err.value)
+
+
+BASE = str(REPO / "recipes" / "music_abc.json")
+BAD_RECIPES = {
+    "unknown key": ({"extends": BASE, "learning_rat": 1e-4}, "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
+    "wrong type": ({"extends": BASE, "learning_rate": "fast"}, "'learning_rate': got \"fast\", expected a number"),
+    "bool as string": ({"extends": BASE, "bf16": "yes"}, "'bf16': got \"yes\", expected true or false"),
+    "float batch": ({"extends": BASE, "per_device_train_batch_size": 2.5}, "expected an integer"),
+    "bad choice": ({"extends": BASE, "lr_scheduler_type": "linearr"}, "did you mean \"linear\"?"),
+    "bad optimizer": ({"extends": BASE, "optim": "adamw_9bit"}, "did you mean \"adamw_8bit\"?"),
+    "bf16 and fp16": ({"extends": BASE, "fp16": True}, "'bf16' and 'fp16' are both true"),
+    "zero batch": ({"extends": BASE, "per_device_train_batch_size": 0}, "must be at least 1"),
+    "negative lr": ({"extends": BASE, "learning_rate": -1e-4}, "'learning_rate' must be positive"),
+    "missing data": ({"extends": BASE, "dataset_name_or_path": "./no/such/tunes.abc"}, "no such file or folder"),
+    "missing extends": ({"extends": "nowhere.json"}, "no such recipe file"),
+    "non-object json": ([1, 2, 3], "a recipe is a JSON object"),
+    "no model": ({"extends": BASE, "model_config": {"model_type": None}}, "no model"),
+    "tiny seq": ({"extends": BASE, "max_seq_length": 1}, "'max_seq_length' must be at least 2"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECIPES, ids=str)
+def test_bad_recipe_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    recipe, expected = BAD_RECIPES[case]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(recipe))
+    out_dir = tmp_path / "out"
+    code, stdout, stderr = run_cli([path, "--output_dir", out_dir], capsys)
+    assert code == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert expected in stderr
+    assert "Traceback" not in stderr + stdout
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("", "empty file"), ('{"seed": 1,}', "invalid JSON"), (b"\xff\xfe{}", "not UTF-8")],
+    ids=["empty", "trailing comma", "not utf-8"],
+)
+def test_unreadable_recipe_files(text, expected, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, _, stderr = run_cli([path], capsys)
+    assert code == 2 and expected in stderr and stderr.count("\n") == 1
+    if expected == "invalid JSON":
+        assert f"{path.resolve()}:1:12:" in stderr  # line and column of the stray comma
+
+
+def test_bad_flags(capsys):
+    code, _, stderr = run_cli([TINY_RECIPE, "--learning_rat", "1"], capsys)
+    assert code == 2 and "did you mean 'learning_rate'" in stderr
+    code, _, stderr = run_cli([TINY_RECIPE, "--learning_rate", "fast"], capsys)
+    assert code == 2 and "invalid" in stderr and stderr.count("\n") == 1
+    code, _, stderr = run_cli(["--dry_run"], capsys)
+    assert code == 2 and "usage" in stderr
+
+
+def test_dry_run_prints_plan_with_warmup_warning(tmp_path, capsys):
+    """The documented recipe trains for fewer steps than its 2000 warmup steps: the plan says so."""
+    out_dir = tmp_path / "out"
+    code, stdout, _ = run_cli([BASE, "--dry_run", "--output_dir", out_dir], capsys)
+    assert code == 0
+    assert "warmup_steps 2000 >=" in stdout and "never reaches its peak" in stdout
+    for expected in ("adamw_8bit", "weight_decay 0.01", "seed 3407", "linear to peak 0.0001", "rows of 1024 tokens"):
+        assert expected in stdout
+    assert not out_dir.exists()
