@@ -14,7 +14,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import sort_checkpoints
 
 from .errors import UserError
 
@@ -34,7 +35,11 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    """The newest complete checkpoint. Trainer writes trainer_state.json last, so one without it was cut off."""
+    if not os.path.isdir(output_dir):
+        return None
+    complete = [c for c in sort_checkpoints(output_dir) if os.path.isfile(os.path.join(c, TRAINER_STATE_NAME))]
+    return complete[-1] if complete else None
 
 
 def recipe_changes(old: dict, new: dict) -> list[str]:

@@ -91,3 +91,17 @@ def test_accelerate_launch_without_a_config_and_the_plan_matches_the_trainer(tmp
     planned = int(re.search(r"(\d+) optimizer steps in all", result.stdout).group(1))
     state = json.loads((out / "trainer_state.json").read_text())
     assert planned == state["max_steps"] == state["global_step"]
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped(tmp_path):
+    """Trainer writes trainer_state.json last; a checkpoint without it is not resumed from."""
+    from finetune.run_dir import last_checkpoint
+
+    assert last_checkpoint(str(tmp_path / "missing")) is None
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
