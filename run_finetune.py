@@ -10,13 +10,16 @@ override it. Re-running a command resumes from the newest checkpoint in its outp
 
 from __future__ import annotations
 
+import os
 import sys
 
+import torch
 from transformers import Trainer, default_data_collator, set_seed
 
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError
-from finetune.model import context_length, load_config, load_model, load_tokenizer
+from finetune.curves import LossPlotCallback
+from finetune.model import context_length, count_parameters, load_config, load_model, load_tokenizer, merge_adapter
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
@@ -42,14 +45,13 @@ def main(argv: list[str]) -> int:
     tokenizer = load_tokenizer(model_args, block_size)
     with training_args.main_process_first(desc="prepare data"):
         tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
-        lm_datasets, data_stats = tokenize_and_pack(
-            tunes, tokenizer, block_size, data_args.overlong_tunes, data_args.preprocessing_num_workers
-        )
+        lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
 
     ########## model and plan
-    model = load_model(model_args, config, tokenizer, on_meta=run_args.dry_run)
-    plan = make_plan(model_args, data_args, training_args, data_stats, model.num_parameters(), block_size, notes)
+    compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = load_model(model_args, config, tokenizer, on_meta=run_args.dry_run, compute_dtype=compute_dtype)
+    plan = make_plan(model_args, data_args, training_args, data_stats, count_parameters(model), block_size, notes)
     if training_args.should_log:
         print(plan, flush=True)
         if resume_from:
@@ -65,6 +67,7 @@ def main(argv: list[str]) -> int:
         eval_dataset=lm_datasets["validation"],
         data_collator=default_data_collator,
         processing_class=tokenizer,
+        callbacks=[LossPlotCallback()],
     )
     if trainer.is_world_process_zero():
         write_run_files(training_args.output_dir, recipe.resolved, ["run_finetune.py", *argv])
@@ -73,6 +76,9 @@ def main(argv: list[str]) -> int:
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    if model_args.merge_adapter and trainer.is_world_process_zero():
+        merge_adapter(training_args.output_dir, os.path.join(training_args.output_dir, "merged"))
+        print(f"Merged model saved to {training_args.output_dir}/merged", flush=True)
     return 0
 
 

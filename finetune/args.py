@@ -42,6 +42,25 @@ class ModelArguments:
         default=False,
         metadata={"help": "Run Python code shipped with a hub checkpoint. Off unless you trust its author."},
     )
+    # LoRA / QLoRA, under TRL's names (trl.ModelConfig) so that knowledge carries over.
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (peft) on model_name_or_path instead of all weights."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt, e.g. [\"q_proj\", \"v_proj\"]. Unset: every linear layer."}
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the base weights in 4-bit NF4 (bitsandbytes, CUDA) under the LoRA adapters."},
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "After training, also save the base model with the adapters merged in, to output_dir/merged."},
+    )
 
 
 @dataclass
@@ -73,11 +92,22 @@ class DataArguments:
             "included), 'split' trains on every max_seq_length piece as its own sequence, 'drop' leaves it out."
         },
     )
+    clean_abc: bool = field(
+        default=True,
+        metadata={"help": "Clean each text as an ABC tune (fields, comments, voices). Off: use any text as it is."},
+    )
     keep_fields: str = field(
         default=DEFAULT_KEEP_FIELDS,
         metadata={
             "help": "ABC field letters kept in the training text, e.g. 'MLKRQP'. Add 'T' to condition on titles. "
             "Other fields (X: N: Z: S: B: O: ...) and %% comments are dropped."
+        },
+    )
+    train_on: Literal["all", "body"] = field(
+        default="all",
+        metadata={
+            "help": "'all': every token of a tune is a target. 'body': the header (up to and including the K: line) "
+            "is the prompt and only the music after it is learned, for header-conditioned generation."
         },
     )
     max_train_samples: int | None = field(

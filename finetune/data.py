@@ -157,8 +157,11 @@ def load_raw_splits(data_args: DataArguments) -> dict[str, datasets.Dataset]:
     return {split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()}
 
 
-def _clean_batch(batch: dict, keep_fields: str) -> dict:
-    results = [clean_tune(text or "", keep_fields=keep_fields) for text in batch["text"]]
+def _clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
+    if clean_abc:
+        results = [clean_tune(text or "", keep_fields=keep_fields) for text in batch["text"]]
+    else:
+        results = [Tune(text=text, title="") if text and text.strip() else "empty text" for text in batch["text"]]
     return {
         "text": [r.text if isinstance(r, Tune) else "" for r in results],
         "skip_reason": ["" if isinstance(r, Tune) else r for r in results],
@@ -186,7 +189,7 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
     skipped = Counter()
     cleaned = {}
     for split, ds in raw.items():
-        ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields}, desc=f"clean {split}")
+        ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields, "clean_abc": data_args.clean_abc}, desc=f"clean {split}")
         skipped.update(reason for reason in ds["skip_reason"] if reason)
         cleaned[split] = ds.filter(lambda row: not row["skip_reason"]).remove_columns("skip_reason")
     if sum(len(ds) for ds in cleaned.values()) == 0:

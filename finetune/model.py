@@ -1,9 +1,20 @@
-"""Tokenizer and model from the recipe: a new decoder from `model_config`, or a checkpoint to fine-tune."""
+"""Tokenizer and model from the recipe: a new decoder from `model_config`, a checkpoint to fine-tune, or
+LoRA/QLoRA adapters (peft) on a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from .args import ModelArguments
 from .errors import UserError
@@ -63,10 +74,21 @@ def _special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict:
 
 
 def load_model(
-    model_args: ModelArguments, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, on_meta: bool = False
+    model_args: ModelArguments,
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    on_meta: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> torch.nn.Module:
-    """The model to train. `on_meta=True` builds it without memory or weights, to count parameters."""
+    """The model to train, LoRA-wrapped when the recipe asks. `on_meta=True` builds it without weights or memory."""
     kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.load_in_4bit and not on_meta:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=True,
+        )
     if model_args.model_name_or_path and not on_meta:
         model = _load_or_explain(AutoModelForCausalLM.from_pretrained, model_args.model_name_or_path, "model", **kwargs)
     else:
@@ -74,9 +96,42 @@ def load_model(
             config.vocab_size = len(tokenizer)
             for key, value in _special_token_ids(tokenizer).items():
                 setattr(config, key, value)
-        with torch.device("meta") if on_meta else torch.device("cpu"):
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
             model = AutoModelForCausalLM.from_config(config, **kwargs)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.update(**_special_token_ids(tokenizer))
+    if model_args.use_peft:
+        if model_args.load_in_4bit and not on_meta:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(model, lora_config(model_args))
     return model
+
+
+def lora_config(model_args: ModelArguments) -> LoraConfig:
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters); 4-bit weights are counted as the numbers they stand for."""
+    if isinstance(model, PeftModel):
+        trainable, total = model.get_nb_trainable_parameters()
+        return total, trainable
+    total = model.num_parameters()
+    return total, total
+
+
+def merge_adapter(adapter_dir: str, out_dir: str) -> None:
+    """Save base model + adapters as one plain model that AutoModelForCausalLM loads without peft.
+
+    The base is reloaded in full precision, so this also works for a QLoRA (4-bit) run.
+    """
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, torch_dtype=torch.float32)
+    model.merge_and_unload().save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)

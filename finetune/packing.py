@@ -3,7 +3,8 @@
 A row holds several tunes back to back. Each tune's `position_ids` restart at 0; with no attention mask
 and no KV cache, transformers turns those restarts into a block-diagonal causal mask (sdpa, eager,
 flash and flex attention alike), so no tune attends to another. The first token of each tune (`<s>`)
-gets label -100: it is not predicted from the tune before it. Padding fills the rest of a row, masked
+gets label -100: it is not predicted from the tune before it (with `train_on: body`, neither is the
+header). Padding fills the rest of a row, masked
 the same way. Both steps run through `datasets.map`, so their results are cached on disk.
 """
 
@@ -15,32 +16,64 @@ import math
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from .args import DataArguments
+
 IGNORE_INDEX = -100
 
 
-def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """`<s>` tune `</s>` for every tokenizer (a GPT-2 style tokenizer uses its one end-of-text token for both)."""
+def header_length(text: str) -> int:
+    """Characters up to and including the first K: line: the part of a tune that `train_on: body` prompts with."""
+    end = ("\n" + text).find("\nK:")
+    if end < 0:
+        return 0
+    line_end = text.find("\n", end)
+    return len(text) if line_end < 0 else line_end + 1
+
+
+def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, train_on: str = "all") -> dict:
+    """`<s>` tune `</s>` with labels, for every tokenizer (GPT-2 style ones use end-of-text for both ends).
+
+    The header and the body are tokenized apart so that the boundary is a token boundary whatever the
+    tokenizer; the header ends in a newline, so this is how any tokenizer would cut it anyway.
+    """
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    cuts = [header_length(text) for text in batch["text"]]
     # verbose=False: tunes longer than the context are expected here; the packer handles them.
-    encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
+    headers = encode([text[:cut] for text, cut in zip(batch["text"], cuts)])
+    bodies = encode([text[cut:] for text, cut in zip(batch["text"], cuts)])
+    input_ids, labels = [], []
+    for header, body in zip(headers, bodies):
+        ids = [bos, *header, *body, tokenizer.eos_token_id]
+        masked = 1 + (len(header) if train_on == "body" else 0)
+        input_ids.append(ids)
+        labels.append([IGNORE_INDEX] * masked + ids[masked:])
     return {
-        "input_ids": [[bos, *ids, tokenizer.eos_token_id] for ids in encoded],
+        "input_ids": input_ids,
+        "labels": labels,
         "num_chars": [len(text) for text in batch["text"]],
-        "num_unk": [ids.count(tokenizer.unk_token_id) if tokenizer.unk_token_id is not None else 0 for ids in encoded],
+        "num_unk": [ids.count(tokenizer.unk_token_id) if tokenizer.unk_token_id is not None else 0 for ids in input_ids],
     }
 
 
-def fit_to_length(sequences: list[list[int]], max_len: int, policy: str) -> list[list[int]]:
-    """Apply the overlong-tune policy: 'truncate', 'split' into max_len pieces, or 'drop'."""
-    out = []
-    for ids in sequences:
+def fit_to_length(sequences: list[list[int]], labels: list[list[int]], max_len: int, policy: str):
+    """Apply the overlong-tune policy to (ids, labels) pairs: 'truncate', 'split' into pieces, or 'drop'.
+
+    A piece of a split tune is a sequence of its own: its first token is not predicted either.
+    """
+    out_ids, out_labels = [], []
+    for ids, lab in zip(sequences, labels):
         if len(ids) <= max_len:
-            out.append(ids)
+            out_ids.append(ids)
+            out_labels.append(lab)
         elif policy == "truncate":
-            out.append(ids[:max_len])
+            out_ids.append(ids[:max_len])
+            out_labels.append(lab[:max_len])
         elif policy == "split":
-            out.extend(ids[i : i + max_len] for i in range(0, len(ids), max_len))
-    return out
+            for i in range(0, len(ids), max_len):
+                out_ids.append(ids[i : i + max_len])
+                out_labels.append([IGNORE_INDEX, *lab[i + 1 : i + max_len]])
+    return out_ids, out_labels
 
 
 def tokens_kept(length: int, max_len: int, policy: str) -> int:
@@ -73,41 +106,41 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_rows(sequences: list[list[int]], block_size: int, pad_id: int) -> dict:
+def pack_rows(sequences: list[list[int]], labels: list[list[int]], block_size: int, pad_id: int) -> dict:
     """Rows of exactly `block_size` tokens with `input_ids`, `labels` and `position_ids`."""
     rows = {"input_ids": [], "labels": [], "position_ids": []}
     for members in best_fit_decreasing([len(s) for s in sequences], block_size):
-        input_ids, labels, position_ids = [], [], []
+        input_ids, row_labels, position_ids = [], [], []
         for i in members:
-            ids = sequences[i]
-            input_ids += ids
-            labels += [IGNORE_INDEX, *ids[1:]]
-            position_ids += range(len(ids))
+            input_ids += sequences[i]
+            row_labels += labels[i]
+            position_ids += range(len(sequences[i]))
         pad = block_size - len(input_ids)
         input_ids += [pad_id] * pad
-        labels += [IGNORE_INDEX] * pad
+        row_labels += [IGNORE_INDEX] * pad
         position_ids += range(pad)
         rows["input_ids"].append(input_ids)
-        rows["labels"].append(labels)
+        rows["labels"].append(row_labels)
         rows["position_ids"].append(position_ids)
     return rows
 
 
 def _pack_batch(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
-    return pack_rows(fit_to_length(batch["input_ids"], block_size, policy), block_size, pad_id)
+    ids, labels = fit_to_length(batch["input_ids"], batch["labels"], block_size, policy)
+    return pack_rows(ids, labels, block_size, pad_id)
 
 
 def tokenize_and_pack(
-    tunes: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, block_size: int, policy: str, num_proc: int | None
+    tunes: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, block_size: int, data_args: DataArguments
 ) -> tuple[datasets.DatasetDict, dict]:
     """Packed train/validation rows, and per-split statistics for the run plan."""
     tunes = datasets.DatasetDict({split: tunes[split] for split in ("train", "validation")})
     tokenized = tunes.map(
         tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer},
+        fn_kwargs={"tokenizer": tokenizer, "train_on": data_args.train_on},
         remove_columns=tunes["train"].column_names,
-        num_proc=num_proc,
+        num_proc=data_args.preprocessing_num_workers,
         desc="tokenize",
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -119,12 +152,12 @@ def tokenize_and_pack(
             _pack_batch,
             batched=True,
             batch_size=None,  # bin packing needs the whole split at once
-            fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": policy},
+            fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": data_args.overlong_tunes},
             remove_columns=ds.column_names,
             desc=f"pack {split}",
         )
         overlong = [n for n in lengths if n > block_size]
-        kept_tokens = sum(tokens_kept(n, block_size, policy) for n in lengths)
+        kept_tokens = sum(tokens_kept(n, block_size, data_args.overlong_tunes) for n in lengths)
         stats[split] = {
             "tunes": len(lengths),
             "tokens": sum(lengths),

@@ -55,14 +55,17 @@ def make_plan(
     data_args: DataArguments,
     training_args: TrainingArguments,
     data_stats: dict,
-    num_parameters: int,
+    parameters: tuple[int, int],
     block_size: int,
     notes: list[str],
 ) -> Plan:
     plan = Plan()
     add = plan.lines.append
     model = model_args.model_name_or_path or f"new {model_args.model_config.get('model_type')} from model_config"
-    add(f"  model            {model}: {_count(num_parameters)} parameters")
+    total, trainable = parameters
+    adapters = f", {_count(trainable)} trainable in LoRA r={model_args.lora_r} adapters" if model_args.use_peft else ""
+    base = " (4-bit NF4 base)" if model_args.load_in_4bit else ""
+    add(f"  model            {model}{base}: {_count(total)} parameters{adapters}")
     add(f"  data             {data_args.dataset_name_or_path}; rows of {block_size} tokens (max_seq_length)")
     for split, s in data_stats.items():
         add(

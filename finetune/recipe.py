@@ -220,6 +220,11 @@ def _value_problems(ns: dict) -> list[str]:
             problems.append(f"'{key}' must be at least 1, got {ns[key]}")
     if ns["model_name_or_path"] is None and not ns["model_config"].get("model_type"):
         problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
+    if ns["use_peft"] and not ns["model_name_or_path"]:
+        problems.append("'use_peft' adapts a pretrained model: set 'model_name_or_path' (or turn 'use_peft' off)")
+    for key in ("load_in_4bit", "merge_adapter"):
+        if ns[key] and not ns["use_peft"]:
+            problems.append(f"'{key}' needs 'use_peft': true (4-bit base weights are trained through LoRA adapters)")
     problems += _path_problems(ns)
     if "8bit" in str(ns["optim"]) and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"'optim' {ns['optim']} needs bitsandbytes: pip install bitsandbytes, or use adamw_torch")
@@ -244,17 +249,23 @@ def _path_problems(ns: dict) -> list[str]:
     return problems
 
 
-def _precision_notes(ns: dict) -> tuple[list[str], list[str]]:
-    """bf16 on a machine without a bf16 GPU: run it on the CPU (autocast), or refuse on an old GPU."""
-    if not ns["bf16"] or ns["use_cpu"]:
-        return [], []
-    if not torch.cuda.is_available():
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
+    """On a machine without an accelerator, train on the CPU: `use_cpu` is what makes accelerate form a
+    gloo process group under `accelerate launch --multi_gpu` / torchrun, and what lets bf16 run as CPU
+    autocast. On a GPU without bf16, refuse bf16 here rather than mid-run."""
+    if not _has_accelerator():
         ns["use_cpu"] = True
+        if not ns["bf16"]:
+            return [], []
         note = "no GPU found: training on the CPU with bf16 autocast"
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             note += "; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 runs far slower than fp32 (--bf16 false)"
         return [note], []
-    if not torch.cuda.is_bf16_supported():
+    if ns["bf16"] and not ns["use_cpu"] and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name()
         return [], [f"'bf16' is not supported by {name} (it needs an Ampere or newer GPU); use --bf16 false --fp16 true"]
     return [], []
@@ -282,8 +293,8 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
         if isinstance(ns[key], dict) and isinstance(good.get(key), dict):
             ns[key] = merge_recipes(good[key], ns[key])
     problems = _value_problems(ns)
-    notes, precision_problems = _precision_notes(ns)
-    problems += precision_problems
+    notes, device_problems = _device_notes(ns)
+    problems += device_problems
     if problems:
         raise UserError(_join(recipe_path, problems))
     outputs = []

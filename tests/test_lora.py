@@ -1,0 +1,84 @@
+"""LoRA and QLoRA on a pretrained base whose tokenizer is not ours: adapters saved, merged model loads."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+from tokenizers import ByteLevelBPETokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+LORA_RECIPE = REPO / "recipes" / "music_abc_lora.json"
+SHORT = [
+    "--max_steps", "3", "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "2",
+    "--max_train_samples", "32", "--max_eval_samples", "8", "--eval_steps", "2", "--save_steps", "2",
+    "--logging_steps", "1", "--warmup_steps", "1", "--max_seq_length", "256",
+]
+
+
+@pytest.fixture(scope="module")
+def base_model(corpus, tmp_path_factory):
+    """A tiny Llama with a byte-level BPE tokenizer trained on tunes, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("base")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus["train"][:2000], vocab_size=400, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(path)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
+def finetune(*args):
+    result = subprocess.run(
+        [sys.executable, "run_finetune.py", str(LORA_RECIPE), *map(str, args)], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_lora_trains_saves_an_adapter_and_merges_into_a_plain_model(base_model, tmp_path):
+    out = tmp_path / "lora"
+    result = finetune("--model_name_or_path", base_model, *SHORT, "--bf16", "false", "--merge_adapter", "--output_dir", out)
+    assert "trainable in LoRA r=16 adapters" in result.stdout
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    assert not (out / "model.safetensors").exists()  # the base is not copied: only the adapters
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_model)
+    # The tunes went through the base model's own BPE tokenizer, not the character tokenizer.
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(base_model).get_vocab()
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    base = load_file(base_model / "model.safetensors")
+    merged_weights = load_file(out / "merged" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert merged_weights[name].shape == base[name].shape and not torch.equal(merged_weights[name], base[name])
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    output = merged.generate(**tokenizer("M:6/8\nK:D\n", return_tensors="pt"), max_new_tokens=10, do_sample=False)
+    assert tokenizer.decode(output[0]).startswith("M:6/8\nK:D\n")
+
+
+def test_qlora_trains_adapters_over_a_4bit_base(base_model, tmp_path):
+    """QLoRA: NF4 base weights (bitsandbytes runs them on this CPU too), adapters saved in peft's format."""
+    out = tmp_path / "qlora"
+    result = finetune(
+        "--model_name_or_path", base_model, *SHORT, "--bf16", "false", "--load_in_4bit", "--output_dir", out
+    )
+    assert "(4-bit NF4 base)" in result.stdout
+    assert (out / "adapter_model.safetensors").exists()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert all(entry["loss"] == entry["loss"] for entry in state["log_history"] if "loss" in entry)  # no NaN
+
+
+def test_lora_without_a_base_model_is_refused(tmp_path, capsys):
+    from conftest import run_cli
+
+    code, _, stderr = run_cli([REPO / "recipes/music_abc.json", "--use_peft", "--output_dir", tmp_path / "o"], capsys)
+    assert code == 2 and "'use_peft' adapts a pretrained model" in stderr
