@@ -12,6 +12,7 @@ import difflib
 import enum
 import importlib.util
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -133,9 +134,13 @@ def type_problem(value: Any, hint: Any) -> str | None:
     if hint is bool:
         return None if isinstance(value, bool) else "expected true or false"
     if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "expected an integer"
+        return None if abs(value) < 2**31 else "expected an integer below 2**31"
     if hint is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "expected a number"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return "expected a number"
+        return None if math.isfinite(value) and abs(value) < 2**31 else "expected a finite number below 2**31"
     if hint is str:
         return None if isinstance(value, str) else "expected a string"
     if hint is dict or origin is dict:
@@ -226,9 +231,26 @@ def _value_problems(ns: dict) -> list[str]:
         if ns[key] and not ns["use_peft"]:
             problems.append(f"'{key}' needs 'use_peft': true (4-bit base weights are trained through LoRA adapters)")
     problems += _path_problems(ns)
-    if "8bit" in str(ns["optim"]) and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append(f"'optim' {ns['optim']} needs bitsandbytes: pip install bitsandbytes, or use adamw_torch")
+    if "8bit" in str(ns["optim"]) and (reason := _bitsandbytes_problem(ns)):
+        problems.append(f"'optim' {ns['optim']} cannot run here ({reason}); use adamw_torch, or fix bitsandbytes")
     return problems
+
+
+def _bitsandbytes_problem(ns: dict) -> str | None:
+    """Why bitsandbytes' 8-bit AdamW cannot step on this machine, found by taking one step on a small tensor."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    device = "cuda" if torch.cuda.is_available() and not ns["use_cpu"] else "cpu"
+    try:
+        import bitsandbytes as bnb
+
+        # 4096 elements: bitsandbytes keeps smaller tensors in 32-bit state, which would prove nothing.
+        param = torch.nn.Parameter(torch.ones(4096, device=device))
+        param.grad = torch.ones_like(param)
+        bnb.optim.AdamW8bit([param]).step()
+    except Exception as e:  # bitsandbytes fails in many ways where its kernels are missing
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no message'}"
+    return None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -292,9 +314,8 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
     for key in given:  # a JSON-object flag merges into the recipe's object, as `extends` does
         if isinstance(ns[key], dict) and isinstance(good.get(key), dict):
             ns[key] = merge_recipes(good[key], ns[key])
-    problems = _value_problems(ns)
     notes, device_problems = _device_notes(ns)
-    problems += device_problems
+    problems = _value_problems(ns) + device_problems
     if problems:
         raise UserError(_join(recipe_path, problems))
     outputs = []

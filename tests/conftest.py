@@ -1,6 +1,7 @@
 """Shared fixtures. Nothing here reaches a hub: tests build tiny models from configs on disk."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,3 +38,13 @@ def run_cli(argv, capsys):
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def run_finetune(recipe, *args, launcher=(sys.executable,), env=None):
+    """The real entry point in a subprocess, as a user runs it; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [*launcher, "run_finetune.py", str(recipe), *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

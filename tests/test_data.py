@@ -1,7 +1,6 @@
 """ABC cleaning, the built-in corpus and its splits, other data sources, and the tokenizer round trip."""
 
 import json
-import tempfile
 
 import pytest
 from transformers import AutoTokenizer
@@ -137,3 +136,28 @@ def test_duplicates_are_dropped_and_never_shared_between_splits(tmp_path):
     assert skipped == {"exact duplicate": 2}
     assert splits["train"]["text"] == ["K:C\nCDE|\n", "K:C\nFGA|\n"]
     assert splits["validation"]["text"] == ["K:C\nGAB|\n"]
+
+
+def test_bad_tunes_are_skipped_with_reasons_and_the_run_goes_on(tmp_path, capsys):
+    """Empty tunes, tunes without K:, multi-voice tunes, prose and non-UTF-8 bytes: counted, not fatal."""
+    from conftest import TINY_RECIPE, run_cli
+
+    data = tmp_path / "tunes"
+    data.mkdir()
+    good = [f"X:{i}\nM:4/4\nK:G\n{'GABc' * (1 + i % 9)}d{i % 7}|\n" for i in range(60)]
+    bad = ["X:100\n", "X:101\nT:no key\nabc|\n", "X:102\nK:C\nV:1\nabc|\nV:2\nCDE|\n"]
+    long_tune = "X:103\nM:4/4\nK:D\n" + "defg|" * 200 + "\n"
+    (data / "book.abc").write_bytes("\n\n".join(good + bad + [long_tune]).encode() + b"X:104\nT:caf\xe9\nK:C\nceg|\n")
+    (data / "notes.txt").write_text("This folder holds tunes.\nNothing else here is music.\n")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        [TINY_RECIPE, "--dataset_name_or_path", data, "--validation_split_percentage", 20, "--dry_run",
+         "--output_dir", out], capsys,
+    )
+    assert code == 0, stderr
+    assert "skipped tunes: {'no K: field': 3, 'multi-voice': 1}" in stdout
+    assert "tunes over 256 tokens truncated" in stdout
+    assert not out.exists()
+    args = DataArguments(dataset_name_or_path=str(data), validation_split_percentage=20)
+    splits, _ = clean_splits(load_raw_splits(args), args)
+    assert sum(len(s) for s in splits.values()) == len(good) + 2  # the long tune and the Latin-1 one are usable

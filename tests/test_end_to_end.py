@@ -1,7 +1,6 @@
 """The real entry point on CPU with a tiny model: train, save, load with plain transformers, resume."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE
+from conftest import REPO, TINY_RECIPE, run_finetune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ACCEPTANCE_FLAGS = [
@@ -18,14 +17,8 @@ ACCEPTANCE_FLAGS = [
 ]
 
 
-def run(cmd, env=None):
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def finetune(*args, launcher=(sys.executable,), env=None):
-    return run([*launcher, "run_finetune.py", str(TINY_RECIPE), *map(str, args)], env=env)
+def finetune(*args, **kwargs):
+    return run_finetune(TINY_RECIPE, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")

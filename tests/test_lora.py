@@ -1,12 +1,11 @@
 """LoRA and QLoRA on a pretrained base whose tokenizer is not ours: adapters saved, merged model loads."""
 
 import json
-import subprocess
-import sys
+import re
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_finetune
 from safetensors.torch import load_file
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -37,11 +36,7 @@ def base_model(corpus, tmp_path_factory):
 
 
 def finetune(*args):
-    result = subprocess.run(
-        [sys.executable, "run_finetune.py", str(LORA_RECIPE), *map(str, args)], cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_finetune(LORA_RECIPE, *args)
 
 
 def test_lora_trains_saves_an_adapter_and_merges_into_a_plain_model(base_model, tmp_path):
@@ -82,3 +77,11 @@ def test_lora_without_a_base_model_is_refused(tmp_path, capsys):
 
     code, _, stderr = run_cli([REPO / "recipes/music_abc.json", "--use_peft", "--output_dir", tmp_path / "o"], capsys)
     assert code == 2 and "'use_peft' adapts a pretrained model" in stderr
+
+
+def test_lora_dry_run_counts_base_and_adapter_parameters(base_model, capsys):
+    from conftest import run_cli
+
+    code, stdout, stderr = run_cli([LORA_RECIPE, "--model_name_or_path", base_model, "--max_seq_length", 256, "--dry_run"], capsys)
+    assert code == 0, stderr
+    assert re.search(r"model            \S+: [\d.]+k parameters, [\d.]+k trainable in LoRA r=16 adapters", stdout)

@@ -1,6 +1,7 @@
 """Recipes: every shipped recipe validates, `extends` and flags resolve, bad recipes fail cleanly."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,29 @@ BAD_RECIPES = {
     "non-object json": ([1, 2, 3], "a recipe is a JSON object"),
     "no model": ({"extends": BASE, "model_config": {"model_type": None}}, "no model"),
     "tiny seq": ({"extends": BASE, "max_seq_length": 1}, "'max_seq_length' must be at least 2"),
+    "seq over context": ({"extends": BASE, "max_seq_length": 4096}, "longer than the model's context (1024)"),
+    "negative warmup": ({"extends": BASE, "warmup_steps": -5}, "'warmup_steps' must not be negative"),
+    "zero accumulation": ({"extends": BASE, "gradient_accumulation_steps": 0}, "'gradient_accumulation_steps' must be at least 1"),
+    "negative decay": ({"extends": BASE, "weight_decay": -0.1}, "'weight_decay' must not be negative"),
+    "zero epochs": ({"extends": BASE, "num_train_epochs": 0}, "'num_train_epochs' must be positive"),
+    "zero logging steps": ({"extends": BASE, "logging_steps": 0}, "'logging_steps' must be positive"),
+    "huge batch": ({"extends": BASE, "per_device_train_batch_size": 10**30}, "expected an integer below 2**31"),
+    "infinite lr": ({"extends": BASE, "learning_rate": 1e999}, "expected a finite number"),
+    "validation share": ({"extends": BASE, "validation_split_percentage": 60}, "must be in [0, 50)"),
+    "extends not a path": ({"extends": 5}, "'extends' must be a path string"),
+    "report_to object": ({"extends": BASE, "report_to": {"tensorboard": True}}, "'report_to': got"),
+    "model_config string": ({"extends": BASE, "model_config": "llama"}, "'model_config': got \"llama\", expected a JSON object"),
+    "unknown model type": ({"extends": BASE, "model_config": {"model_type": "lama"}}, "'model_config':"),
+    "strategy typo": ({"extends": BASE, "eval_strategy": "stepz"}, "did you mean \"steps\"?"),
+    "null seed": ({"extends": BASE, "seed": None}, "'seed': got null, expected an integer"),
+    "overlong typo": ({"extends": BASE, "overlong_tunes": "cut"}, "'overlong_tunes': got \"cut\", expected one of"),
+    "text column number": ({"extends": BASE, "text_column": 5}, "'text_column': got 5, expected a string"),
+    "missing model dir": ({"extends": BASE, "model_name_or_path": "./no/such/model"}, "'model_name_or_path': no such folder"),
+    "missing tokenizer dir": ({"extends": BASE, "tokenizer_name_or_path": "/no/such/tok"}, "'tokenizer_name_or_path': no such folder"),
+    "4bit without lora": ({"extends": BASE, "load_in_4bit": True}, "'load_in_4bit' needs 'use_peft'"),
+    "merge without lora": ({"extends": BASE, "merge_adapter": True}, "'merge_adapter' needs 'use_peft'"),
+    "lora without base": ({"extends": BASE, "use_peft": True}, "'use_peft' adapts a pretrained model"),
+    "train_on typo": ({"extends": BASE, "train_on": "tune"}, "'train_on': got \"tune\", expected one of"),
 }
 
 
@@ -141,3 +165,29 @@ def test_dry_run_prints_plan_with_warmup_warning(tmp_path, capsys):
     for expected in ("adamw_8bit", "weight_decay 0.01", "seed 3407", "linear to peak 0.0001", "rows of 1024 tokens"):
         assert expected in stdout
     assert not out_dir.exists()
+
+
+def test_the_100m_recipe_is_the_documented_setup_at_100m_parameters(capsys):
+    """llm_100m_cosine: AdamW 6e-4, cosine after 100 warmup steps, clipping 1.0, and ~100M parameters."""
+    path = REPO / "recipes" / "llm_100m_cosine.json"
+    args = parse_recipe([str(path)]).training_args
+    assert (args.optim.value, args.learning_rate, args.lr_scheduler_type.value) == ("adamw_torch", 6e-4, "cosine")
+    assert (args.warmup_steps, args.max_grad_norm, args.eval_strategy.value) == (100, 1.0, "steps")
+    code, stdout, _ = run_cli([path, "--dry_run"], capsys)
+    parameters = float(re.search(r"new llama from model_config: ([\d.]+)M parameters", stdout).group(1))
+    assert code == 0 and 90 <= parameters <= 110
+
+
+def test_8bit_adamw_is_probed_before_training(monkeypatch):
+    """adamw_8bit where bitsandbytes cannot step is a validation error, not a crash mid-run."""
+    import bitsandbytes
+
+    from finetune import recipe
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernels for this device")
+
+    assert recipe._bitsandbytes_problem({"use_cpu": True}) is None  # it really steps on this machine
+    monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
+    with pytest.raises(UserError, match=r"'optim' adamw_8bit cannot run here \(RuntimeError: no kernels"):
+        parse_recipe([str(REPO / "recipes" / "music_abc.json")])

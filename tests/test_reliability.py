@@ -1,0 +1,93 @@
+"""Runs that die: a SIGKILLed run re-run with the same command ends exactly where an unbroken run ends."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, TINY_RECIPE, run_finetune
+from safetensors.torch import load_file
+
+# 40 rows of tunes, 4 rows per optimizer step (2 x 2 accumulation): 10 steps an epoch, so 24 steps
+# cross two epoch boundaries; a checkpoint every 5 steps.
+RUN = [
+    "--max_train_samples", "160", "--max_seq_length", "128", "--per_device_train_batch_size", "2",
+    "--gradient_accumulation_steps", "2", "--max_steps", "24", "--save_steps", "5", "--eval_steps", "100",
+    "--logging_steps", "1", "--warmup_steps", "3", "--bf16", "false",
+]
+
+
+def command(out, optim):
+    return [sys.executable, "run_finetune.py", str(TINY_RECIPE), *RUN, "--optim", optim, "--output_dir", str(out)]
+
+
+def run_to_end(out, optim):
+    return run_finetune(TINY_RECIPE, *RUN, "--optim", optim, "--output_dir", out)
+
+
+def kill_after_first_checkpoint(out, optim, rng):
+    """Start the run, wait for its first complete checkpoint, then SIGKILL it a random moment later."""
+    process = subprocess.Popen(command(out, optim), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(out.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 0.5))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def weights(out):
+    return load_file(out / "model.safetensors")
+
+
+def losses(out):
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_8bit"])
+def test_killed_run_resumed_ends_bit_identical_to_an_unbroken_run(optim, tmp_path):
+    """fp32 on CPU: same final weights and loss log, with gradient accumulation, across epoch boundaries.
+
+    Data order, RNG states, the scheduler and the (8-bit) optimizer state all come back from the checkpoint.
+    """
+    run_to_end(tmp_path / "unbroken", optim)
+    killed = tmp_path / "killed"
+    kill_after_first_checkpoint(killed, optim, random.Random(optim))
+    assert not (killed / "model.safetensors").exists()  # it really died mid-run
+    result = run_to_end(killed, optim)
+    assert "Resuming from" in result.stdout
+    expected, resumed = weights(tmp_path / "unbroken"), weights(killed)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert losses(killed) == losses(tmp_path / "unbroken")
+
+
+@pytest.mark.slow
+def test_same_recipe_and_seed_give_identical_loss_logs(tmp_path):
+    """Determinism: two fresh fp32 runs of one recipe log the same losses, step for step."""
+    run_to_end(tmp_path / "a", "adamw_torch")
+    run_to_end(tmp_path / "b", "adamw_torch")
+    assert len(losses(tmp_path / "a")) == 24
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_checkpoints_are_safetensors_and_remote_code_is_off_by_default(tmp_path):
+    """Weights are saved as safetensors (no pickle to load them), and hub code never runs unasked."""
+    from finetune.recipe import parse_recipe
+
+    assert parse_recipe([str(TINY_RECIPE)]).model_args.trust_remote_code is False
+    out = tmp_path / "run"
+    run_finetune(TINY_RECIPE, "--max_steps", 2, "--save_steps", 2, "--bf16", "false", "--max_train_samples", 16,
+                 "--output_dir", out)
+    for folder in (out, out / "checkpoint-2"):
+        assert (folder / "model.safetensors").exists()
+        assert not list(folder.glob("*.bin")) or [p.name for p in folder.glob("*.bin")] == ["training_args.bin"]
