@@ -23,7 +23,7 @@ from finetune.model import context_length, count_parameters, load_config, load_m
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
-from finetune.run_dir import check_output_dir, write_run_files
+from finetune.run_dir import check_disk_space, check_output_dir, write_run_files
 
 
 def main(argv: list[str]) -> int:
@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
             print(f"Resuming from {resume_from}", flush=True)
     if run_args.dry_run:
         return 0
+    check_disk_space(training_args.output_dir, count_parameters(model)[1], training_args.optim.value)
 
     ########## train, then save the final model and tokenizer beside the checkpoints
     trainer = Trainer(

@@ -13,6 +13,7 @@ import enum
 import importlib.util
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -257,8 +258,20 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(DATA_SUFFIXES) or name.count("/") != 1
 
 
+def _writable_problem(output_dir: str) -> str | None:
+    """Can output_dir be created and written? Checked on its nearest existing ancestor, creating nothing."""
+    path = Path(output_dir).expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"'output_dir': {path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"'output_dir': cannot write in {path}; choose a folder you can write to"
+    return None
+
+
 def _path_problems(ns: dict) -> list[str]:
-    problems = []
+    problems = [p for p in [_writable_problem(ns["output_dir"])] if p]
     dataset = ns["dataset_name_or_path"]
     if dataset != BUILTIN_DATASET and _looks_like_path(dataset) and not Path(dataset).expanduser().exists():
         problems.append(f"'dataset_name_or_path': no such file or folder: {dataset}")
@@ -269,6 +282,15 @@ def _path_problems(ns: dict) -> list[str]:
         if name and name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
             problems.append(f"'{key}': no such folder: {name}")
     return problems
+
+
+def _reporting_notes(ns: dict) -> list[str]:
+    """TensorBoard logs where tensorboard is installed; without it the run goes on unlogged, and says so."""
+    report_to = [ns["report_to"]] if isinstance(ns["report_to"], str) else list(ns["report_to"] or [])
+    if "tensorboard" in report_to and importlib.util.find_spec("tensorboard") is None:
+        ns["report_to"] = [r for r in report_to if r != "tensorboard"] or "none"
+        return ["tensorboard is not installed: no TensorBoard logs (pip install tensorboard)"]
+    return []
 
 
 def _has_accelerator() -> bool:
@@ -315,6 +337,7 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
         if isinstance(ns[key], dict) and isinstance(good.get(key), dict):
             ns[key] = merge_recipes(good[key], ns[key])
     notes, device_problems = _device_notes(ns)
+    notes += _reporting_notes(ns)
     problems = _value_problems(ns) + device_problems
     if problems:
         raise UserError(_join(recipe_path, problems))

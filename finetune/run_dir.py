@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +67,21 @@ def check_output_dir(output_dir: str, resolved: dict, allow_recipe_change: bool)
             "choose another output_dir, or pass --allow_recipe_change to resume from them anyway"
         )
     return checkpoint
+
+
+def check_disk_space(output_dir: str, num_parameters: int, optim: str) -> None:
+    """Refuse to start when one checkpoint cannot fit: fp32 weights plus the optimizer's two moments."""
+    bytes_per_parameter = 4 + (2 if "8bit" in optim else 8)
+    needed = num_parameters * bytes_per_parameter
+    path = Path(output_dir).expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise UserError(
+            f"output_dir {output_dir}: {free / 2**20:.0f} MiB free, but one checkpoint needs about "
+            f"{needed / 2**20:.0f} MiB; free some space or choose another output_dir"
+        )
 
 
 def _write_json(path: Path, value: dict) -> None:
