@@ -1,0 +1,332 @@
+"""Speed and memory of this repo against the machine's limit and the plain way, measured in one run.
+
+    python benchmarks/run.py --quick        # ~2 min on a 2-core CPU
+    python benchmarks/run.py                # adds the music_abc and 100M models, longer runs (~30 min)
+
+Every figure is a ratio to a baseline measured in the same run on the same machine, so it holds on a
+noisy shared machine. Results go to benchmarks/results/<host-or-device>.json and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+    set_seed,
+)
+
+from finetune.data import clean_splits, load_raw_splits  # noqa: E402
+from finetune.model import context_length, load_config, load_model, load_tokenizer  # noqa: E402
+from finetune.packing import tokenize_and_pack  # noqa: E402
+from finetune.recipe import parse_recipe  # noqa: E402
+
+RESULTS = []
+
+
+def record(name, value, unit, baseline=None, settings=None, target=None):
+    ratio = value / baseline if baseline else None
+    RESULTS.append({"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+                    "target": target, "settings": settings or {}})
+    base = f"{baseline:.4g}" if baseline is not None else "-"
+    shown = f"{ratio:.3f}" if ratio is not None else "-"
+    print(f"  {name:<52} {value:>10.4g} {unit:<9} baseline {base:>10}  ratio {shown:>7}  {target or ''}", flush=True)
+
+
+########## 1. peak: the limit every MFU figure is divided by
+
+
+def matmul_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+########## 2. training throughput: our packed pipeline vs the run_clm way (concatenate and chunk)
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step; the first `skip` are warm-up and not counted."""
+
+    def __init__(self, skip: int):
+        self.skip, self.times, self.start = skip, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+
+    def seconds_per_step(self) -> float:
+        kept = self.times[self.skip:]
+        return sum(kept) / len(kept)
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """PaLM's count (appendix B): 6 x non-embedding parameters + 12 x layers x width x sequence length."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight.numel()
+    return 6 * (model.num_parameters() - embedding) + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def prepare(recipe: str, overrides: list[str]):
+    parsed = parse_recipe([recipe, "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no", *overrides])
+    config = load_config(parsed.model_args)
+    block = parsed.data_args.max_seq_length or context_length(config)
+    tokenizer = load_tokenizer(parsed.model_args, block)
+    tunes, _ = clean_splits(load_raw_splits(parsed.data_args), parsed.data_args)
+    packed, stats = tokenize_and_pack(tunes, tokenizer, block, parsed.data_args)
+    return parsed, config, tokenizer, tunes, packed, stats, block
+
+
+def chunked_like_run_clm(tunes, tokenizer, block: int):
+    """transformers' run_clm: tokenize, concatenate everything, cut into blocks (tunes run into each other)."""
+    eos = tokenizer.eos_token_id
+
+    def group(batch):
+        ids = [i for text in batch["text"] for i in [*tokenizer(text, add_special_tokens=False)["input_ids"], eos]]
+        n = len(ids) // block * block
+        return {"input_ids": [ids[i : i + block] for i in range(0, n, block)]}
+
+    return tunes.map(group, batched=True, batch_size=None, remove_columns=tunes.column_names)
+
+
+def train_throughput(parsed, config, tokenizer, dataset, collator, steps: int, real_share: float, block: int):
+    set_seed(parsed.training_args.seed)
+    model = load_model(parsed.model_args, config, tokenizer)
+    parsed.training_args.max_steps = steps
+    timer = StepTimer(skip=2)
+    trainer = Trainer(model=model, args=parsed.training_args, train_dataset=dataset, data_collator=collator,
+                      callbacks=[timer])
+    trainer.train()
+    args = parsed.training_args
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * block * real_share
+    return tokens_per_step / timer.seconds_per_step(), model, trainer
+
+
+def throughput(recipe: str, steps: int, bf16: str, peak: float):
+    """Record tokens/s of our packed pipeline against run_clm's chunking, and MFU; return what later steps reuse."""
+    overrides = ["--bf16", bf16, "--optim", "adamw_torch", "--gradient_accumulation_steps", "1",
+                 "--output_dir", tempfile.mkdtemp()]
+    parsed, config, tokenizer, tunes, packed, stats, block = prepare(recipe, overrides)
+    real_share = 1 - stats["train"]["padding_share"]
+    ours, model, trainer = train_throughput(parsed, config, tokenizer, packed["train"], default_data_collator,
+                                            steps, real_share, block)
+    chunked = chunked_like_run_clm(tunes["train"], tokenizer, block)
+    plain, _, _ = train_throughput(parsed, config, tokenizer, chunked,
+                                   DataCollatorForLanguageModeling(tokenizer, mlm=False), steps, 1.0, block)
+    settings = {"recipe": recipe, "block": block, "batch": parsed.training_args.per_device_train_batch_size,
+                "precision": "bf16" if bf16 == "true" else "fp32", "steps": steps, "parameters": model.num_parameters()}
+    name = Path(recipe).stem
+    record(f"{name}: train tokens/s, ours vs run_clm", ours, "tokens/s", baseline=plain, settings=settings,
+           target=">= 1.0 with tunes isolated")
+    record(f"{name}: MFU (of measured peak, same precision)", flops_per_token(model, block) * ours / peak, "share",
+           settings=settings, target=">= 0.60")
+    return parsed, config, tokenizer, tunes, packed, stats, block, ours, model, trainer
+
+
+########## 4. optimizer memory
+
+
+def optimizer_state_bytes(model, optim_name: str) -> int:
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.AdamW8bit if optim_name == "adamw_8bit" else torch.optim.AdamW
+    optimizer = cls(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def peak_rss_of_run(recipe: str, overrides: list[str], out: str) -> float:
+    """Peak resident memory (MiB) of a separate short training run.
+
+    Read from /proc/self/status VmHWM, which starts afresh at exec; Linux carries ru_maxrss over from
+    the parent, so rusage would report this (large) benchmark process instead.
+    """
+    code = (
+        "import re, sys, runpy; sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path('run_finetune.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('MAXRSS', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "run_finetune.py", recipe, *overrides, "--output_dir", out],
+                            cwd=REPO, capture_output=True, text=True)
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("MAXRSS")]
+    if not line:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(line[0].split()[1]) / 1024
+
+
+########## 5. data: prepare + tokenize + pack, cold and warm
+
+DATA_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from finetune.data import prepare_music21, clean_splits, load_raw_splits
+from finetune.args import DataArguments
+from finetune.packing import tokenize_and_pack
+from finetune.tokenizer import build_abc_tokenizer
+start = time.perf_counter()  # after the imports, which a training run pays anyway
+out = Path({data!r})
+if not (out / "stats.json").exists():
+    prepare_music21(out)
+args = DataArguments(dataset_name_or_path=str(out))
+tunes, _ = clean_splits(load_raw_splits(args), args)
+tokenize_and_pack(tunes, build_abc_tokenizer(1024), 1024, args)
+print("SECONDS", time.perf_counter() - start)
+"""
+
+
+def data_seconds(data_dir: str, cache_dir: str) -> float:
+    env = {**os.environ, "HF_DATASETS_CACHE": cache_dir, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    script = DATA_SCRIPT.format(repo=str(REPO), data=data_dir)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("SECONDS")]
+    if not line:
+        raise RuntimeError(result.stderr[-2000:])
+    return float(line[0].split()[1])
+
+
+########## 6. evaluation and generation
+
+
+def generation_tokens_per_second(model, tokenizer, new_tokens: int, use_cache: bool) -> float:
+    model.eval()
+    inputs = tokenizer("M:6/8\nK:D\n", return_tensors="pt")
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       use_cache=use_cache)
+    return new_tokens / (time.perf_counter() - start)
+
+
+def markdown_table(device: str, results: list[dict]) -> str:
+    """The results as the README quotes them."""
+    def fmt(x):
+        return "-" if x is None else f"{x:.4g}"
+
+    lines = [f"Measured on {device}, {os.cpu_count()} CPUs, torch {torch.__version__}.", "",
+             "| measurement | value | unit | baseline | ratio | target |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {fmt(r['value'])} | {r['unit']} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | "
+              f"{r['target'] or ''} |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the short version (~2 min on 2 CPU cores)")
+    parser.add_argument("--recipe", default="recipes/music_abc_quick.json", help="the model and data to measure")
+    parser.add_argument("--out", default=None, help="results file (default benchmarks/results/<host>.json)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per throughput run")
+    args = parser.parse_args()
+    steps = args.steps or (8 if args.quick else 20)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.node()}-cpu"
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"{device.replace(' ', '_')}.json")
+    print(f"Benchmarks on {device} ({os.cpu_count()} CPUs), torch {torch.__version__}, recipe {args.recipe}", flush=True)
+    run_start = time.perf_counter()
+
+    # 1. peak
+    size, repeats = (1024, 3) if args.quick else (2048, 5)
+    peak_fp32 = matmul_peak(torch.float32, size, repeats)
+    record("peak matmul fp32", peak_fp32 / 1e9, "GFLOP/s", settings={"size": size})
+    peak_bf16 = matmul_peak(torch.bfloat16, 256 if not torch.cuda.is_available() else size, 2)
+    record("peak matmul bf16", peak_bf16 / 1e9, "GFLOP/s", baseline=peak_fp32 / 1e9,
+           settings={"note": "ratio = bf16 / fp32; below 1 where the CPU has no native bf16"})
+
+    # 2. training throughput of each model: the recipe's batch, fp32 unless bf16 is native, adamw_torch
+    bf16 = "true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "false"
+    peak = peak_bf16 if bf16 == "true" else peak_fp32
+    recipes = [(args.recipe, steps)]
+    if not args.quick:
+        recipes += [("recipes/music_abc.json", 8), ("recipes/llm_100m_cosine.json", 5)]
+    for index, (recipe, recipe_steps) in enumerate(recipes):
+        measured = throughput(recipe, recipe_steps, bf16, peak)
+        if index == 0:
+            parsed, config, tokenizer, tunes, packed, stats, block, ours, model, trainer = measured
+
+    # 3. padding waste: packed rows vs pad-to-longest batches of whole tunes
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 2 for t in tunes["train"]["text"]]
+    lengths = [min(n, block) for n in lengths]
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    bs = parsed.training_args.per_device_train_batch_size
+    batches = [[lengths[i] for i in order[k : k + bs]] for k in range(0, len(order), bs)]
+    pad_longest = sum(max(b) * len(b) - sum(b) for b in batches) / sum(max(b) * len(b) for b in batches)
+    record("padding share, packed vs pad-to-longest", stats["train"]["padding_share"], "share",
+           baseline=pad_longest, settings={"batch": bs})
+
+    # 4. optimizer memory
+    fresh = load_model(parsed.model_args, config, tokenizer)
+    eight, full = optimizer_state_bytes(fresh, "adamw_8bit"), optimizer_state_bytes(fresh, "adamw_torch")
+    record("optimizer state, adamw_8bit vs adamw_torch", eight / 2**20, "MiB", baseline=full / 2**20,
+           settings={"parameters": fresh.num_parameters()}, target="<= 0.27 (floor 0.25)")
+    short = ["--max_steps", "3", "--bf16", bf16, "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no"]
+    rss = {o: peak_rss_of_run(args.recipe, [*short, "--optim", o], tempfile.mkdtemp()) for o in ("adamw_8bit", "adamw_torch")}
+    record("peak RSS of a 3-step run, adamw_8bit vs adamw_torch", rss["adamw_8bit"], "MiB", baseline=rss["adamw_torch"])
+
+    # 5. data, cold (fresh corpus folder and datasets cache) and warm (both kept)
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = data_seconds(f"{tmp}/corpus", f"{tmp}/cache")
+        warm = data_seconds(f"{tmp}/corpus", f"{tmp}/cache")
+    record("data prepare+tokenize+pack, warm vs cold", warm, "s", baseline=cold, target="cold <= 20 s, warm <= 2 s",
+           settings={"note": "after Python imports; cold = fresh corpus folder and datasets cache"})
+
+    # 6. evaluation and generation
+    start = time.perf_counter()
+    trainer.evaluate(packed["validation"])
+    eval_rate = stats["validation"]["tokens_in_rows"] / (time.perf_counter() - start)
+    record("eval tokens/s vs train tokens/s", eval_rate, "tokens/s", baseline=ours)
+    new_tokens = 128 if args.quick else 512
+    cached = generation_tokens_per_second(model, tokenizer, new_tokens, True)
+    uncached = generation_tokens_per_second(model, tokenizer, new_tokens, False)
+    record(f"generate {new_tokens} tokens, KV cache vs none", cached, "tokens/s", baseline=uncached,
+           target=">= 10x at 512 new tokens")
+
+    # 7. quality per compute: validation bits per character after a fixed number of training tokens
+    parsed.training_args.max_steps = steps * 2
+    set_seed(parsed.training_args.seed)
+    quality_model = load_model(parsed.model_args, config, tokenizer)
+    quality = Trainer(model=quality_model, args=parsed.training_args, train_dataset=packed["train"],
+                      data_collator=default_data_collator)
+    quality.train()
+    loss = quality.evaluate(packed["validation"])["eval_loss"]
+    val = stats["validation"]
+    bpc = loss * (val["tokens_in_rows"] - val["tunes"]) / val["chars"] / math.log(2)
+    trained = steps * 2 * parsed.training_args.per_device_train_batch_size * block * (1 - stats["train"]["padding_share"])
+    record("validation bits per character after training", bpc, "bits/char",
+           settings={"trained_tokens": int(trained), "learning_rate": parsed.training_args.learning_rate})
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "cpus": os.cpu_count(), "torch": torch.__version__,
+                               "quick": args.quick, "seconds": time.perf_counter() - run_start,
+                               "results": RESULTS}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(device, RESULTS))
+    print(f"Wrote {out} ({time.perf_counter() - run_start:.0f} s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
