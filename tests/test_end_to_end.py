@@ -129,3 +129,17 @@ def test_two_process_ddp_on_cpu_matches_one_process_with_the_same_global_batch(t
     # The main process saved each checkpoint once, with the run files beside it.
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert (tmp_path / "two" / "recipe.json").exists()
+
+
+def test_gradient_accumulation_gives_the_loss_of_the_whole_batch(tmp_path):
+    """2 micro-batches of 2 rows log the same losses as 4 rows at once: the loss is normalised by the
+    tokens of the whole accumulated batch (Trainer's num_items_in_batch), not averaged per micro-batch."""
+    common = ["--max_steps", 3, "--bf16", "false", "--optim", "adamw_torch", "--logging_steps", 1,
+              "--eval_steps", 100, "--save_steps", 100, "--max_train_samples", 64, "--warmup_steps", 0]
+    finetune(*common, "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 1, "--output_dir", tmp_path / "a")
+    finetune(*common, "--per_device_train_batch_size", 2, "--gradient_accumulation_steps", 2, "--output_dir", tmp_path / "b")
+    losses = [
+        [e["loss"] for e in json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+        for name in ("a", "b")
+    ]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], abs=1e-5)
