@@ -51,14 +51,17 @@ def main(argv: list[str]) -> int:
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = load_model(model_args, config, tokenizer, on_meta=run_args.dry_run, compute_dtype=compute_dtype)
-    plan = make_plan(model_args, data_args, training_args, data_stats, count_parameters(model), block_size, notes)
+    total_parameters, trainable_parameters = count_parameters(model)
+    plan = make_plan(
+        model_args, data_args, training_args, data_stats, (total_parameters, trainable_parameters), block_size, notes
+    )
     if training_args.should_log:
         print(plan, flush=True)
         if resume_from:
             print(f"Resuming from {resume_from}", flush=True)
     if run_args.dry_run:
         return 0
-    check_disk_space(training_args.output_dir, count_parameters(model)[1], training_args.optim.value)
+    check_disk_space(training_args.output_dir, trainable_parameters, training_args.optim.value)
 
     ########## train, then save the final model and tokenizer beside the checkpoints
     trainer = Trainer(
