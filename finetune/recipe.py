@@ -231,10 +231,21 @@ def _value_problems(ns: dict) -> list[str]:
     for key in ("load_in_4bit", "merge_adapter"):
         if ns[key] and not ns["use_peft"]:
             problems.append(f"'{key}' needs 'use_peft': true (4-bit base weights are trained through LoRA adapters)")
+    problems += _attention_problems(ns)
     problems += _path_problems(ns)
     if "8bit" in str(ns["optim"]) and (reason := _bitsandbytes_problem(ns)):
         problems.append(f"'optim' {ns['optim']} cannot run here ({reason}); use adamw_torch, or fix bitsandbytes")
     return problems
+
+
+def _attention_problems(ns: dict) -> list[str]:
+    """Attention kernels that would fail mid-run on this machine (checked in torch 2.13)."""
+    impl, on_cpu = ns["attn_implementation"], ns["use_cpu"] or not torch.cuda.is_available()
+    if impl == "flex_attention" and on_cpu and not ns["dry_run"]:
+        return ["'attn_implementation' flex_attention has no backward pass on the CPU; use sdpa"]
+    if impl == "flash_attention_2" and (on_cpu or importlib.util.find_spec("flash_attn") is None):
+        return ["'attn_implementation' flash_attention_2 needs a CUDA GPU and `pip install flash-attn`; use sdpa"]
+    return []
 
 
 def _bitsandbytes_problem(ns: dict) -> str | None:

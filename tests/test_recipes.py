@@ -116,6 +116,8 @@ BAD_RECIPES = {
     "merge without lora": ({"extends": BASE, "merge_adapter": True}, "'merge_adapter' needs 'use_peft'"),
     "lora without base": ({"extends": BASE, "use_peft": True}, "'use_peft' adapts a pretrained model"),
     "train_on typo": ({"extends": BASE, "train_on": "tune"}, "'train_on': got \"tune\", expected one of"),
+    "flex on cpu": ({"extends": BASE, "attn_implementation": "flex_attention"}, "no backward pass on the CPU"),
+    "flash without cuda": ({"extends": BASE, "attn_implementation": "flash_attention_2"}, "needs a CUDA GPU"),
 }
 
 
