@@ -19,7 +19,7 @@ from transformers import Trainer, default_data_collator, set_seed
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError
 from finetune.curves import LossPlotCallback
-from finetune.model import context_length, count_parameters, load_config, load_model, load_tokenizer, merge_adapter
+from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
@@ -36,9 +36,7 @@ def main(argv: list[str]) -> int:
         training_args.output_dir, recipe.resolved, run_args.allow_recipe_change
     )
     config = load_config(model_args)
-    block_size = data_args.max_seq_length or context_length(config)
-    if block_size > context_length(config):
-        raise UserError(f"max_seq_length {block_size} is longer than the model's context ({context_length(config)})")
+    block_size = resolve_block_size(data_args.max_seq_length, config)
     set_seed(training_args.seed)
 
     ########## data: clean tunes, tokenize, pack (cached by datasets; the main process goes first)

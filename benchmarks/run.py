@@ -35,7 +35,7 @@ from transformers import (  # noqa: E402
 )
 
 from finetune.data import clean_splits, load_raw_splits  # noqa: E402
-from finetune.model import context_length, load_config, load_model, load_tokenizer  # noqa: E402
+from finetune.model import load_config, load_model, load_tokenizer, resolve_block_size  # noqa: E402
 from finetune.packing import tokenize_and_pack  # noqa: E402
 from finetune.recipe import parse_recipe  # noqa: E402
 
@@ -93,7 +93,7 @@ def flops_per_token(model, seq_len: int) -> float:
 def prepare(recipe: str, overrides: list[str]):
     parsed = parse_recipe([recipe, "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no", *overrides])
     config = load_config(parsed.model_args)
-    block = parsed.data_args.max_seq_length or context_length(config)
+    block = resolve_block_size(parsed.data_args.max_seq_length, config)
     tokenizer = load_tokenizer(parsed.model_args, block)
     tunes, _ = clean_splits(load_raw_splits(parsed.data_args), parsed.data_args)
     packed, stats = tokenize_and_pack(tunes, tokenizer, block, parsed.data_args)

@@ -53,6 +53,15 @@ def context_length(config: PretrainedConfig) -> int:
     raise UserError(f"the {config.model_type} config names no context length; set 'max_seq_length'")
 
 
+def resolve_block_size(max_seq_length: int | None, config: PretrainedConfig) -> int:
+    """Tokens per packed row: max_seq_length, or the model's context length when it is unset."""
+    context = context_length(config)
+    block_size = max_seq_length or context
+    if block_size > context:
+        raise UserError(f"max_seq_length {block_size} is longer than the model's context ({context})")
+    return block_size
+
+
 def load_tokenizer(model_args: ModelArguments, max_seq_length: int) -> PreTrainedTokenizerBase:
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name is None:

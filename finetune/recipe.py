@@ -24,6 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .args import BUILTIN_DATASET, DataArguments, ModelArguments, RunArguments
 from .errors import UserError
+from .run_dir import existing_ancestor
 
 RECIPE_DATACLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 DATA_SUFFIXES = (".abc", ".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -271,9 +272,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _writable_problem(output_dir: str) -> str | None:
     """Can output_dir be created and written? Checked on its nearest existing ancestor, creating nothing."""
-    path = Path(output_dir).expanduser().resolve()
-    while not path.exists():
-        path = path.parent
+    path = existing_ancestor(output_dir)
     if not path.is_dir():
         return f"'output_dir': {path} is a file, not a folder"
     if not os.access(path, os.W_OK | os.X_OK):

@@ -69,14 +69,19 @@ def check_output_dir(output_dir: str, resolved: dict, allow_recipe_change: bool)
     return checkpoint
 
 
+def existing_ancestor(output_dir: str) -> Path:
+    """output_dir itself, or the nearest folder above it that exists: where it would be created."""
+    path = Path(output_dir).expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_disk_space(output_dir: str, num_parameters: int, optim: str) -> None:
     """Refuse to start when one checkpoint cannot fit: fp32 weights plus the optimizer's two moments."""
     bytes_per_parameter = 4 + (2 if "8bit" in optim else 8)
     needed = num_parameters * bytes_per_parameter
-    path = Path(output_dir).expanduser().resolve()
-    while not path.exists():
-        path = path.parent
-    free = shutil.disk_usage(path).free
+    free = shutil.disk_usage(existing_ancestor(output_dir)).free
     if free < needed:
         raise UserError(
             f"output_dir {output_dir}: {free / 2**20:.0f} MiB free, but one checkpoint needs about "
