@@ -19,6 +19,7 @@ from transformers import Trainer, default_data_collator, set_seed
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError
 from finetune.curves import LossPlotCallback
+from finetune.metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> int:
         eval_dataset=lm_datasets["validation"],
         data_collator=default_data_collator,
         processing_class=tokenizer,
+        compute_metrics=TokenMetrics(tokenizer),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[LossPlotCallback()],
     )
     if trainer.is_world_process_zero():

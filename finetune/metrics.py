@@ -1,0 +1,60 @@
+"""Next-token accuracy and bits per character for `Trainer(compute_metrics=...)`, during training and after.
+
+The numbers come from the local `evaluate` modules in metrics/ (no hub needed); this file only feeds them.
+`preprocess_logits_for_metrics` keeps two numbers per position instead of the [batch, length, vocab]
+logits, so evaluation memory does not grow with the vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import torch
+from transformers import EvalPrediction, PreTrainedTokenizerBase
+
+from .packing import IGNORE_INDEX
+
+METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """A metric of metrics/ by name; kept in memory so that processes of one run never share a cache file."""
+    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+
+
+def chars_per_token(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """How many characters of tune text each token id spells; special tokens spell none."""
+    special = set(tokenizer.all_special_ids)
+    return np.array(
+        [0 if token_id in special else len(tokenizer.decode([token_id])) for token_id in range(len(tokenizer))]
+    )
+
+
+def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted next token, loss of the true next token in nats) at every position but the last."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return logits.argmax(-1), nll
+
+
+class TokenMetrics:
+    """`compute_metrics` giving `accuracy` (next token) and `bits_per_char` over the positions with labels."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.chars = chars_per_token(tokenizer)
+        self.accuracy = load_metric("next_token_accuracy")
+        self.bits_per_char = load_metric("bits_per_char")
+
+    def __call__(self, eval_pred: EvalPrediction) -> dict:
+        predicted, nll = eval_pred.predictions
+        targets = eval_pred.label_ids[:, 1:]
+        counted = targets != IGNORE_INDEX
+        targets = targets[counted]
+        return {
+            **self.accuracy.compute(predictions=predicted[counted], references=targets),
+            **self.bits_per_char.compute(nll=nll[counted], chars=self.chars[targets]),
+        }
