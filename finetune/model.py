@@ -4,6 +4,7 @@ LoRA/QLoRA adapters (peft) on a checkpoint."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -20,6 +21,8 @@ from .args import ModelArguments
 from .errors import UserError
 from .tokenizer import build_abc_tokenizer
 
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 # Config field names for the context length, by architecture family.
 CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -144,3 +147,29 @@ def merge_adapter(adapter_dir: str, out_dir: str) -> None:
     model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, torch_dtype=torch.float32)
     model.merge_and_unload().save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
+
+
+def is_model_dir(path: Path) -> bool:
+    """A saved model (config.json) or LoRA adapter (adapter_config.json)."""
+    return (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file()
+
+
+def has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
+    """A saved model or LoRA adapter with its tokenizer, in eval mode, for evaluation and sampling."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"{path} is not a folder; pass a checkpoint folder such as runs/music_abc_quick/checkpoint-150")
+    if not is_model_dir(folder):
+        raise UserError(f"{path} holds no model (no config.json or {ADAPTER_CONFIG}); pass a checkpoint folder")
+    if not has_tokenizer(folder):
+        raise UserError(f"{path} has no tokenizer; save the tokenizer beside the model (run_finetune.py does)")
+    loader = AutoPeftModelForCausalLM if (folder / ADAPTER_CONFIG).is_file() else AutoModelForCausalLM
+    model = _load_or_explain(loader.from_pretrained, path, "model", dtype=dtype)
+    tokenizer = _load_or_explain(AutoTokenizer.from_pretrained, path, "tokenizer")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer

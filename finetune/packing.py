@@ -131,21 +131,25 @@ def _pack_batch(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
 
 
 def tokenize_and_pack(
-    tunes: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, block_size: int, data_args: DataArguments
+    tunes: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    data_args: DataArguments,
+    splits: tuple[str, ...] = ("train", "validation"),
 ) -> tuple[datasets.DatasetDict, dict]:
-    """Packed train/validation rows, and per-split statistics for the run plan."""
-    tunes = datasets.DatasetDict({split: tunes[split] for split in ("train", "validation")})
+    """Packed rows of `splits`, and per-split statistics for the run plan."""
+    tunes = datasets.DatasetDict({split: tunes[split] for split in splits})
     tokenized = tunes.map(
         tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "train_on": data_args.train_on},
-        remove_columns=tunes["train"].column_names,
+        remove_columns=tunes[splits[0]].column_names,
         num_proc=data_args.preprocessing_num_workers,
         desc="tokenize",
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packed, stats = {}, {}
-    for split in ("train", "validation"):
+    for split in splits:
         ds = tokenized[split]
         lengths = [len(ids) for ids in ds["input_ids"]]
         packed[split] = ds.map(

@@ -48,23 +48,36 @@ def _json_object(text: str) -> dict:
     return value
 
 
-class RecipeParser(HfArgumentParser):
+class CliParser(HfArgumentParser):
     """HfArgumentParser whose mistakes raise UserError (one line) instead of printing usage and exiting."""
+
+    def __init__(self, dataclass_types, prog: str, usage: str):
+        super().__init__(dataclass_types, prog=prog, usage=usage, allow_abbrev=False)
+
+    def error(self, message: str):
+        raise UserError(f"command line: {message}")
+
+    def parse_command_line(self, argv: list[str]) -> tuple:
+        """The dataclasses, then a namespace of any plain arguments; an unknown flag is a one-line error."""
+        *parsed, remaining = self.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
+        return tuple(parsed)
+
+
+class RecipeParser(CliParser):
+    """The recipe's parser: `dict` fields read JSON objects from the command line."""
 
     def __init__(self):
         super().__init__(
             RECIPE_DATACLASSES,
             prog="run_finetune.py",
             usage="run_finetune.py RECIPE.json [--field value ...] [--dry_run]",
-            allow_abbrev=False,
         )
         # HfArgumentParser hands `dict` itself to argparse as the type of dict fields; read JSON instead.
         for action in self._actions:
             if action.type is dict or typing.get_origin(action.type) is dict:
                 action.type = _json_object
-
-    def error(self, message: str):
-        raise UserError(f"command line: {message}")
 
     @property
     def field_types(self) -> dict[str, Any]:

@@ -35,12 +35,26 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint. Trainer writes trainer_state.json last, so one without it was cut off."""
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """Checkpoints oldest first, without those cut off mid-save (Trainer writes trainer_state.json last)."""
     if not os.path.isdir(output_dir):
-        return None
-    complete = [c for c in sort_checkpoints(output_dir) if os.path.isfile(os.path.join(c, TRAINER_STATE_NAME))]
+        return []
+    return [c for c in sort_checkpoints(output_dir) if os.path.isfile(os.path.join(c, TRAINER_STATE_NAME))]
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint."""
+    complete = complete_checkpoints(output_dir)
     return complete[-1] if complete else None
+
+
+def global_step(folder: str) -> int | None:
+    """The optimizer step a checkpoint or finished run was saved at, from its trainer_state.json."""
+    path = os.path.join(folder, TRAINER_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("global_step")
 
 
 def recipe_changes(old: dict, new: dict) -> list[str]:

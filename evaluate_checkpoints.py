@@ -1,0 +1,292 @@
+"""Evaluate every checkpoint of a run: the numbers (loss, bits per character) and the music its samples make.
+
+    python evaluate_checkpoints.py runs/music_abc_quick
+    python evaluate_checkpoints.py runs/music_abc_quick --split test --num_samples 64 --seed 3407
+
+Writes RUN_DIR/eval/: metrics.json, metrics.csv, metrics.md (also printed), metrics.png, and
+samples/step-N/NNN.abc|.mid for every checkpoint and the final model. The `reference` row scores the
+held-out real tunes that gave the prompts with the same checkers, so each generated-tune score can be read
+against what real music gets. Data, tokenizer and the training-tune index are loaded once for all checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from finetune.abc_check import resolve_checker
+from finetune.args import DataArguments, ModelArguments
+from finetune.data import clean_splits, load_raw_splits
+from finetune.errors import UserError
+from finetune.metrics import TokenMetrics, load_metric, preprocess_logits_for_metrics
+from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
+from finetune.packing import tokenize_and_pack
+from finetune.recipe import CliParser
+from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
+from finetune.sampling import SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
+
+# Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.
+COLUMNS = {
+    "step": "{}",
+    "loss": "{:.4f}",
+    "perplexity": "{:.3f}",
+    "bits_per_char": "{:.4f}",
+    "accuracy": "{:.4f}",
+    "validity": "{:.3f}",
+    "bar_consistency": "{:.3f}",
+    "header_adherence": "{:.3f}",
+    "truncation": "{:.3f}",
+    "copy_max": "{:.3f}",
+    "copy_share": "{:.3f}",
+    "diversity": "{:.3f}",
+}
+PLOTTED = [name for name in COLUMNS if name not in ("step", "perplexity")]
+
+
+@dataclass
+class EvalCommand:
+    split: Literal["validation", "test"] = field(
+        default="validation", metadata={"help": "Held-out tunes to score and prompt from (validation keeps the recipe's max_eval_samples)."}
+    )
+    checker: Literal["auto", "abc2midi", "python"] = field(
+        default="auto", metadata={"help": "ABC checker: abc2midi when on PATH, else the strict Python one."}
+    )
+    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "Default: the recipe's."})
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: str
+    name: str
+
+
+def find_checkpoints(run_dir: str) -> list[Checkpoint]:
+    """Every complete checkpoint-N, then the final model when it is not the same step as the last checkpoint."""
+    found = [Checkpoint(global_step(path) or 0, path, os.path.basename(path)) for path in complete_checkpoints(run_dir)]
+    final_step = global_step(run_dir)
+    if is_model_dir(Path(run_dir)) and final_step not in {c.step for c in found}:
+        found.append(Checkpoint(final_step if final_step is not None else -1, run_dir, "final"))
+    if not found:
+        raise UserError(f"{run_dir} has no checkpoints and no final model yet; train first")
+    for checkpoint in found:
+        if not has_tokenizer(Path(checkpoint.path)):
+            raise UserError(f"{checkpoint.path} has no tokenizer; save the tokenizer with each checkpoint (run_finetune.py does)")
+    return sorted(found, key=lambda c: c.step)
+
+
+def read_run(run_dir: str) -> tuple[ModelArguments, DataArguments, dict]:
+    """The model and data arguments the run trained with, from its resolved recipe."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not Path(run_dir).is_dir() or not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
+    resolved = json.loads(path.read_text())
+    model_args, data_args = CliParser((ModelArguments, DataArguments), prog="", usage="").parse_dict(
+        resolved, allow_extra_keys=True
+    )
+    return model_args, data_args, resolved
+
+
+def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str]]:
+    """(the split's tunes, the training tunes' texts), cleaned exactly as training cleaned them."""
+    tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
+    if split not in tunes or len(tunes[split]) == 0:
+        raise UserError(f"dataset '{data_args.dataset_name_or_path}' has no {split} tunes; use --split validation")
+    return datasets.DatasetDict({split: tunes[split]}), tunes["train"]["text"]
+
+
+def evaluation_args(batch_size: int, out_dir: str) -> TrainingArguments:
+    """Evaluation only; bf16 where the GPU has it, full precision on the CPU (where bf16 is emulated)."""
+    return TrainingArguments(
+        output_dir=out_dir,
+        per_device_eval_batch_size=batch_size,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+
+
+class Scorer:
+    """The generation metrics (local `evaluate` modules), loaded once; the training-tune index is built once."""
+
+    def __init__(self, training_tunes: list[str], checker: str):
+        self.training_tunes, self.checker = training_tunes, checker
+        self.validity = load_metric("abc_validity")
+        self.adherence = load_metric("header_adherence")
+        self.novelty = load_metric("abc_novelty")
+
+    def __call__(self, tunes: list[str], prompts: list[str]) -> dict:
+        validity = self.validity.compute(predictions=tunes, checker=self.checker)
+        return {
+            "validity": validity["validity"],
+            "bar_consistency": validity["bar_consistency"],
+            **self.adherence.compute(predictions=tunes, references=prompts),
+            **self.novelty.compute(predictions=tunes, training_tunes=self.training_tunes),
+        }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for name, form in COLUMNS.items():
+            value = row.get(name)
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            cells.append("–" if missing else form.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
+    """One panel per metric against step; the reference (real tunes) as a dashed line where it applies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    fig, axes = plt.subplots(math.ceil(len(PLOTTED) / columns), columns, figsize=(13, 7), sharex=True)
+    steps = [row["step"] for row in rows]
+    for ax, name in zip(axes.flat, PLOTTED):
+        ax.plot(steps, [row.get(name, float("nan")) for row in rows], marker="o")
+        if reference.get(name) is not None:
+            ax.axhline(reference[name], color="tab:green", linestyle="--", label="real tunes")
+            ax.legend(fontsize=7)
+        ax.set_title(name.replace("_", " "), fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(PLOTTED):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(out: Path, rows: list[dict], reference: dict, settings: dict) -> str:
+    table = markdown_table([*rows, {**reference, "step": "reference"}])
+    _write(out / "metrics.json", json.dumps({"settings": settings, "rows": rows, "reference": reference}, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *list(COLUMNS)[1:]], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows([*rows, {**reference, "step": "reference", "checkpoint": "real tunes"}])
+    _write(out / "metrics.csv", buffer.getvalue())
+    _write(out / "metrics.md", table)
+    plot_metrics(rows, reference, out / "metrics.png")
+    return table
+
+
+def main(argv: list[str]) -> int:
+    ########## arguments and the run: everything is checked before anything is loaded
+    parser = CliParser(
+        (EvalCommand, SampleArguments),
+        prog="evaluate_checkpoints.py",
+        usage="evaluate_checkpoints.py RUN_DIR [--split validation|test] [--num_samples N] [--seed S] ...",
+    )
+    parser.add_argument("run_dir", help="the output_dir of a run_finetune.py run")
+    parser.set_defaults(num_samples=64)
+    command, sample_args, rest = parser.parse_command_line(argv)
+    if problems := sample_args.problems():
+        raise UserError("; ".join(problems))
+    model_args, data_args, resolved = read_run(rest.run_dir)
+    checkpoints = find_checkpoints(rest.run_dir)
+    try:
+        checker = resolve_checker(command.checker)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+
+    ########## data, prompts and the reference row (real tunes), once for all checkpoints
+    held_out, training_tunes = held_out_tunes(data_args, command.split)
+    texts = held_out[command.split]["text"]
+    chosen = random.Random(sample_args.seed).sample(range(len(texts)), min(sample_args.num_samples, len(texts)))
+    real = [texts[i] for i in chosen]
+    fields = prompt_fields(data_args.keep_fields)
+    prompts = [prompt_from_tune(tune, fields) for tune in real]
+    score = Scorer(training_tunes, checker)
+    reference = {"checkpoint": "real tunes", **score(real, prompts), "truncation": 0.0}
+    tokenizer = None
+    out = Path(rest.run_dir) / "eval"
+    out.mkdir(exist_ok=True)
+
+    ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for checkpoint in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
+            model, checkpoint_tokenizer = load_checkpoint(checkpoint.path)
+            if tokenizer is None:
+                tokenizer = checkpoint_tokenizer
+                block_size = resolve_block_size(data_args.max_seq_length, model.config)
+                packed, _ = tokenize_and_pack(held_out, tokenizer, block_size, data_args, splits=(command.split,))
+                token_metrics = TokenMetrics(tokenizer)
+            batch_size = command.per_device_eval_batch_size or resolved.get("per_device_eval_batch_size", 8)
+            trainer = Trainer(
+                model=model,
+                args=evaluation_args(batch_size, scratch),
+                data_collator=default_data_collator,
+                compute_metrics=token_metrics,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            )
+            numbers = trainer.evaluate(eval_dataset=packed[command.split])
+            samples = generate_tunes(model, tokenizer, prompts, sample_args)
+            write_samples(samples, out / "samples" / f"step-{checkpoint.step}", label=f"step {checkpoint.step}")
+            rows.append(
+                {
+                    "step": checkpoint.step,
+                    "checkpoint": checkpoint.name,
+                    "loss": numbers["eval_loss"],
+                    "perplexity": math.exp(numbers["eval_loss"]),
+                    "bits_per_char": numbers["eval_bits_per_char"],
+                    "accuracy": numbers["eval_accuracy"],
+                    **score([s.text for s in samples], prompts),
+                    "truncation": sum(not s.ended for s in samples) / len(samples),
+                }
+            )
+            del model, trainer
+
+    settings = {
+        "run_dir": rest.run_dir,
+        "split": command.split,
+        "checker": checker,
+        "prompt_fields": fields,
+        "prompts": len(prompts),
+        "sampling": asdict(sample_args),
+        "reference": f"the {len(real)} {command.split} tunes whose headers are the prompts",
+    }
+    table = write_results(out, rows, reference, settings)
+    print(table, end="")
+    print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/step-N/ ({checker} checker, {command.split} split)")
+    return 0
+
+
+def cli() -> int:
+    try:
+        return main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

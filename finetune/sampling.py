@@ -1,0 +1,194 @@
+"""Generate tunes from a checkpoint with the KV cache, and write them as .abc and .mid files.
+
+Default sampling settings are TunesFormer's and NotaGen's for character-level ABC decoders (temperature
+1.2, top_k 8, top_p 0.8). Other settings reported in the field: top_p 0.9 at temperature 1.0
+(Text-to-Music); temperature 0.2, top_k 40, top_p 0.9 (ChatMusician, a 7B text model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from .model import context_length
+from .packing import header_length
+
+# Header fields a prompt carries: the ones that shape the music. R: and T: join them when the recipe keeps
+# them in training text (DataArguments.keep_fields), since only then has the model learnt to follow them.
+PROMPT_FIELDS = "MLK"
+CONDITIONING_FIELDS = "RT"
+# music21 turns a real tune into MIDI in well under a second.
+MIDI_SECONDS = 10.0
+
+
+@dataclass
+class SampleArguments:
+    num_samples: int = field(default=8, metadata={"help": "How many tunes to generate."})
+    temperature: float = field(default=1.2, metadata={"help": "Softmax temperature (TunesFormer, NotaGen: 1.2)."})
+    top_k: int = field(default=8, metadata={"help": "Sample among the k likeliest tokens; 0 turns it off (TunesFormer: 8)."})
+    top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling mass; 1.0 turns it off (TunesFormer: 0.8)."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Token budget per tune after the prompt; default: the rest of the model's context."}
+    )
+    seed: int = field(default=3407, metadata={"help": "Seed for sampling; the same seed gives the same tunes."})
+    batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (prompts of one length share a batch)."})
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.num_samples < 1:
+            found.append(f"num_samples must be at least 1, not {self.num_samples}")
+        if self.temperature <= 0:
+            found.append(f"temperature must be above 0, not {self.temperature}")
+        if self.top_k < 0:
+            found.append(f"top_k must be 0 (off) or more, not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            found.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            found.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.batch_size < 1:
+            found.append(f"batch_size must be at least 1, not {self.batch_size}")
+        return found
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    text: str  # the whole tune: prompt and continuation
+    ended: bool  # the model closed the tune within the budget (False: truncated)
+    new_tokens: int
+
+
+def prompt_fields(keep_fields: str) -> str:
+    """The header fields to prompt with, for a model trained on tunes keeping `keep_fields`."""
+    return PROMPT_FIELDS + "".join(f for f in CONDITIONING_FIELDS if f in keep_fields)
+
+
+def prompt_from_tune(tune: str, fields: str = PROMPT_FIELDS) -> str:
+    """The tune's header lines for `fields`, in the tune's order, ending with its K: line and a newline."""
+    header = tune[: header_length(tune)]
+    lines = [line for line in header.split("\n") if len(line) > 1 and line[1] == ":" and line[0] in fields]
+    return "\n".join(lines) + "\n"
+
+
+def parse_prompt(prompt: str) -> str:
+    r"""A prompt from the command line: `\n` written as two characters becomes a newline; one is added at the end."""
+    prompt = prompt.replace("\\n", "\n")
+    return prompt if prompt.endswith("\n") or not prompt else prompt + "\n"
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """`<s>` + the prompt, exactly as training tokenized the start of a tune (packing.tokenize_batch)."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+
+
+@torch.inference_mode()
+def generate_tunes(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], args: SampleArguments
+) -> list[Sample]:
+    """One sample per prompt, in order. Prompts of one token length are batched together, so no padding is
+    needed; the KV cache is on (generate's default), and the seed makes the whole call repeatable."""
+    set_seed(args.seed)
+    encoded = [_encode(tokenizer, prompt) for prompt in prompts]
+    context = context_length(model.config)
+    results: list[Sample | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    for length in sorted(by_length):
+        budget = min(args.max_new_tokens or context, context - length)
+        if budget < 1:
+            raise ValueError(f"a prompt of {length} tokens leaves no room in the model's context of {context}")
+        members = by_length[length]
+        for start in range(0, len(members), args.batch_size):
+            batch = members[start : start + args.batch_size]
+            input_ids = torch.tensor([encoded[i] for i in batch], device=model.device)
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                max_new_tokens=budget,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                use_cache=True,
+            )
+            for row, i in enumerate(batch):
+                new = output[row, length:].tolist()
+                ended = tokenizer.eos_token_id in new
+                if ended:
+                    new = new[: new.index(tokenizer.eos_token_id)]
+                text = prompts[i] + tokenizer.decode(new, skip_special_tokens=True)
+                results[i] = Sample(prompt=prompts[i], text=text, ended=ended, new_tokens=len(new))
+    return results
+
+
+def as_abc_file(text: str, index: int, title: str) -> str:
+    """A standalone ABC file: X: and T: lines first, as abc2midi and other tools expect."""
+    return f"X:{index}\nT:{title}\n{text.rstrip()}\n"
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooSlow after `seconds` (main thread only; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TooSlow(f"gave up after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def write_midi(text: str, path: Path, seconds: float = MIDI_SECONDS) -> str | None:
+    """Write the tune as MIDI through music21; return None, or why it could not be written."""
+    import music21
+
+    try:
+        # music21 prints a warning per note it has to guess; the checker reports those problems instead.
+        # A garbled tune can send its repeat expansion into minutes of work, hence the time limit.
+        with _time_limit(seconds), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            score = music21.converter.parse(text, format="abc")
+            score.write("midi", fp=str(path))
+    except Exception as e:  # music21's lenient parser fails on broken tunes in many ways; that is a finding
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return None
+
+
+def write_samples(samples: list[Sample], out_dir: Path, label: str) -> list[dict]:
+    """`NNN.abc` and `NNN.mid` per sample, plus samples.jsonl with every sample and what happened to it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, sample in enumerate(samples, start=1):
+        abc = as_abc_file(sample.text, i, f"{label} sample {i}")
+        (out_dir / f"{i:03d}.abc").write_text(abc, encoding="utf-8")
+        midi_error = write_midi(abc, out_dir / f"{i:03d}.mid")
+        records.append(
+            {"index": i, **asdict(sample), "abc": f"{i:03d}.abc", "midi": None if midi_error else f"{i:03d}.mid", "midi_error": midi_error}
+        )
+    tmp = out_dir / "samples.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, out_dir / "samples.jsonl")
+    return records

@@ -1,0 +1,58 @@
+"""Sample tunes from a checkpoint: prints them and writes .abc and .mid files.
+
+    python sample.py runs/music_abc_quick --prompt "M:6/8\\nL:1/8\\nK:D" --num_samples 4
+    python sample.py runs/music_abc_quick/checkpoint-150 --temperature 1.0 --top_k 0 --top_p 0.9 --out tunes/
+
+Defaults are the field's settings for character-level ABC models (finetune/sampling.py says whose).
+Without --prompt every tune starts from the bare start-of-tune token, so the model picks its own header.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune.abc_check import check_tunes
+from finetune.errors import UserError
+from finetune.model import load_checkpoint
+from finetune.recipe import CliParser
+from finetune.sampling import SampleArguments, generate_tunes, parse_prompt, write_samples
+
+
+@dataclass
+class SampleCommand:
+    prompt: str = field(default="", metadata={"help": 'Header to continue, e.g. "M:6/8\\nL:1/8\\nK:D" (\\n: new line).'})
+    out: str | None = field(default=None, metadata={"help": "Folder for the .abc/.mid files; default CHECKPOINT/samples."})
+
+
+def main(argv: list[str]) -> int:
+    parser = CliParser((SampleCommand, SampleArguments), prog="sample.py", usage="sample.py CHECKPOINT [--prompt ...] [--num_samples N] ...")
+    parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir (its final model)")
+    command, sample_args, rest = parser.parse_command_line(argv)
+    if problems := sample_args.problems():
+        raise UserError("; ".join(problems))
+    model, tokenizer = load_checkpoint(rest.checkpoint)
+    prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
+    samples = generate_tunes(model, tokenizer, prompts, sample_args)
+    out = Path(command.out) if command.out else Path(rest.checkpoint) / "samples"
+    records = write_samples(samples, out, label=Path(rest.checkpoint).name)
+    for record, check in zip(records, check_tunes([s.text for s in samples])):
+        verdict = "valid" if check["valid"] else f"{len(check['errors'])} problem(s): {check['errors'][0]}"
+        ending = "" if record["ended"] else ", truncated"
+        print(f"--- {out / record['abc']} ({check['checker']}: {verdict}{ending})")
+        print(record["text"].rstrip())
+    print(f"Wrote {len(records)} tunes to {out} (.abc, .mid where music21 could read them, samples.jsonl)")
+    return 0
+
+
+def cli() -> int:
+    try:
+        return main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

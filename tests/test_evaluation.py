@@ -1,0 +1,193 @@
+"""Evaluation: the ABC checker on real and corrupted corpus tunes, the metric modules, sample.py and
+evaluate_checkpoints.py over a real run directory."""
+
+import csv
+import json
+import math
+import random
+import shutil
+import string
+import subprocess
+import sys
+
+import evaluate
+import pytest
+from conftest import REPO, TINY_RECIPE, run_finetune
+
+from finetune.abc_check import analyse, check_tunes
+
+CHECKERS = ["python", pytest.param("abc2midi", marks=pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)"))]
+
+
+def corrupt(tune: str, rng: random.Random, edits: int = 3) -> str:
+    """A few random character edits anywhere in the tune: delete, insert or replace with printable ASCII."""
+    chars = list(tune)
+    for _ in range(edits):
+        i, op, new = rng.randrange(len(chars)), rng.choice("idr"), rng.choice(string.printable[:95])
+        if op == "i":
+            chars.insert(i, new)
+        elif op == "d":
+            del chars[i]
+        else:
+            chars[i] = new
+    return "".join(chars)
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_checker_passes_real_tunes_and_flags_corrupted_ones(corpus, checker):
+    """>= 85% of held-out real tunes pass; >= 85% of the same tunes after 3 random character edits fail."""
+    real = corpus["validation"]
+    rng = random.Random(0)
+    corrupted = [corrupt(tune, rng) for tune in real]
+    passed = sum(r["valid"] for r in check_tunes(real, checker)) / len(real)
+    flagged = sum(not r["valid"] for r in check_tunes(corrupted, checker)) / len(corrupted)
+    print(f"{checker}: {passed:.1%} of {len(real)} real tunes pass, {flagged:.1%} of corrupted ones are flagged")
+    assert passed >= 0.85 and flagged >= 0.85
+
+
+def test_bar_durations_allow_pickups_repeats_and_split_bars_but_not_broken_bars():
+    tune = "M:6/8\nL:1/8\nK:D\nA|d2d dcd|(3efg f e2A|\nB3 A2|:\nA|d>e f/g/ a3:|\n"
+    report = analyse(tune)
+    # pickup A; (3efg = 2 units, so bar 3 is 2+1+2+1 = 6; `B3 A2` + `A` split across a repeat; d>e = 1.5+0.5
+    assert report.valid, report.errors
+    assert report.bars_total == 6 and report.bars_off == 0
+    broken = analyse("M:6/8\nL:1/8\nK:D\nA|d2d dcd|efg fe|d2d dcd|d3 d2A|\n")
+    assert broken.bars_off == 1 and not broken.valid and "bar 3 lasts 5 units" in broken.errors[0]
+    # Essen-style: a full bar at the end of a line needs no bar line.
+    assert analyse("M:3/8\nL:1/16\nK:G\nd4A2 | A4d2 | d6\nd4d2 | c6\n").valid
+
+
+def test_missing_key_bad_meter_and_stray_characters_are_errors():
+    assert "no K: field" in analyse("M:6/8\nL:1/8\nabc|\n").errors[-1]
+    assert any("M:6/$" in e for e in analyse("M:6/$\nL:1/8\nK:D\nabc def|\n").errors)
+    assert any("unexpected '#'" in e for e in analyse("M:3/4\nL:1/8\nK:D\nab#c def|\n").errors)
+
+
+def test_abc_check_command_prints_one_json_object_per_tune(tmp_path):
+    book = tmp_path / "book.abc"
+    book.write_text("X:1\nT:Good\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n\nX:2\nT:Broken\nM:2/4\nL:1/8\nK:D\nABcd|ef#g|\n")
+    result = subprocess.run([sys.executable, "-m", "finetune.abc_check", str(book)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    tunes = [json.loads(line) for line in result.stdout.splitlines()]
+    keys = {"file", "index", "title", "valid", "errors", "bars_total", "bars_off", "checker"}
+    assert [t["title"] for t in tunes] == ["Good", "Broken"] and all(keys <= t.keys() for t in tunes)
+    assert tunes[0]["valid"] and not tunes[1]["valid"] and tunes[0]["bars_total"] == 2
+    missing = subprocess.run([sys.executable, "-m", "finetune.abc_check", str(tmp_path / "nope.abc")], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
+
+
+def test_metric_modules_load_from_local_paths_and_compute():
+    load = lambda name: evaluate.load(str(REPO / "metrics" / name), keep_in_memory=True)  # noqa: E731
+    assert load("next_token_accuracy").compute(predictions=[1, 2, 3, 4], references=[1, 2, 0, 4]) == {"accuracy": 0.75}
+    bits = load("bits_per_char").compute(nll=[math.log(2)] * 4, chars=[1, 1, 2, 0])["bits_per_char"]
+    assert bits == pytest.approx(1.0)
+    validity = load("abc_validity").compute(predictions=["M:2/4\nL:1/8\nK:D\nABcd|efga|\n", "M:2/4\nL:1/8\nK:D\nAB|cdef|\nef#g|\n"])
+    assert validity["validity"] == 0.5
+    adherence = load("header_adherence").compute(
+        predictions=["M:6/8\nK:D\nABc|[M:2/4]AB|\n", "M:6/8\nK:D\nABc def|\n"], references=["M:6/8\nK:D\n"] * 2
+    )
+    assert adherence["header_adherence"] == 0.75
+    tune = "M:6/8\nK:D\nABc def|gfe dcB|\n"
+    novelty = load("abc_novelty").compute(predictions=[tune, "M:6/8\nK:D\nzzz zzz|\n"], training_tunes=[tune, "K:G\nGAB|\n"])
+    assert novelty["copy_max"] == pytest.approx(1.0) and novelty["copy_share"] == 0.5 and novelty["diversity"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run with checkpoints at steps 3, 6 and 9, trained hard enough for bits per char to fall."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    run_finetune(
+        TINY_RECIPE, "--max_steps", 9, "--save_steps", 3, "--eval_steps", 3, "--learning_rate", "3e-3",
+        "--bf16", "false", "--optim", "adamw_torch", "--output_dir", out,
+    )
+    return out
+
+
+def evaluate_run(*args):
+    return subprocess.run(
+        [sys.executable, "evaluate_checkpoints.py", *map(str, args)], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(run_dir):
+    result = evaluate_run(run_dir, "--num_samples", 4, "--max_new_tokens", 48)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "eval"
+    report = json.loads((out / "metrics.json").read_text())
+    assert [row["step"] for row in report["rows"]] == [3, 6, 9]  # the final model is step 9: not counted twice
+    bits = [row["bits_per_char"] for row in report["rows"]]
+    assert bits[-1] < bits[0]
+    reference = report["reference"]
+    assert reference["validity"] >= 0.5 and reference["truncation"] == 0.0 and "loss" not in reference
+    assert report["settings"]["sampling"]["top_k"] == 8 and report["settings"]["prompts"] == 4
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["3", "6", "9", "reference"]
+    assert (out / "metrics.md").read_text() in result.stdout and (out / "metrics.png").stat().st_size > 10_000
+    for step in (3, 6, 9):
+        samples = out / "samples" / f"step-{step}"
+        assert len(list(samples.glob("*.abc"))) == 4
+        records = [json.loads(line) for line in (samples / "samples.jsonl").read_text().splitlines()]
+        assert all(r["text"].startswith(r["prompt"]) and r["prompt"].startswith("M:") for r in records)
+        assert all((samples / r["midi"]).is_file() for r in records if r["midi"])
+
+
+def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        result = subprocess.run(
+            [sys.executable, "sample.py", str(run_dir), "--prompt", "M:6/8\\nL:1/8\\nK:D", "--num_samples", "3",
+             "--max_new_tokens", "40", "--out", str(tmp_path / name)],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append([p.read_text() for p in sorted((tmp_path / name).glob("*.abc"))])
+    assert len(outputs[0]) == 3 and outputs[0] == outputs[1]
+    assert all(text.startswith("X:1\nT:run sample 1\nM:6/8\nL:1/8\nK:D\n") for text in outputs[0][:1])
+    assert "M:6/8" in result.stdout and "Wrote 3 tunes" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "has no checkpoints and no final model yet"),
+        (["--top_p", "0"], "top_p must be in (0, 1]"),
+        (["--checkpoints_dir", "x"], "command line: unrecognized arguments"),
+    ],
+    ids=["no-checkpoints", "bad-sampling", "unknown-flag"],
+)
+def test_bad_evaluation_input_gets_one_line(tmp_path, args, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps({"dataset_name_or_path": "music21"}))
+    result = evaluate_run(run, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (run / "eval").exists()
+
+
+def test_a_folder_that_is_not_a_run_and_an_empty_split_are_refused(run_dir, tmp_path):
+    result = evaluate_run(tmp_path)
+    assert result.returncode == 2 and "is not a run directory" in result.stderr
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "optimizer.pt"))
+    data = tmp_path / "tunes"
+    data.mkdir()
+    # Train and validation files only: this run's data has no test split.
+    for split, tune in (("train", "M:2/4\nL:1/8\nK:D\nABcd|efga|\n"), ("validation", "M:2/4\nL:1/8\nK:D\ndcBA|efga|\n")):
+        (data / f"{split}.jsonl").write_text(json.dumps({"text": tune}) + "\n")
+    recipe = json.loads((copy / "recipe.json").read_text())
+    (copy / "recipe.json").write_text(json.dumps({**recipe, "dataset_name_or_path": str(data), "max_train_samples": None}))
+    result = evaluate_run(copy, "--split", "test")
+    assert result.returncode == 2 and "has no test tunes" in result.stderr, result.stderr[-2000:]
+    assert not (copy / "eval").exists()
+
+
+def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "optimizer.pt"))
+    (copy / "checkpoint-6" / "tokenizer.json").unlink()
+    (copy / "checkpoint-6" / "tokenizer_config.json").unlink()
+    result = evaluate_run(copy)
+    assert result.returncode == 2 and "checkpoint-6 has no tokenizer" in result.stderr
+    assert not (copy / "eval").exists()  # refused before anything was written
