@@ -32,28 +32,14 @@ from finetune.abc_check import resolve_checker
 from finetune.args import DataArguments, ModelArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError
-from finetune.metrics import TokenMetrics, load_metric, preprocess_logits_for_metrics
+from finetune.metrics import COLUMNS, TokenMetrics, format_cell, load_metric, preprocess_logits_for_metrics
 from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.recipe import CliParser
+from finetune.report import parse_steps, write_report
 from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
-from finetune.sampling import SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
+from finetune.sampling import Sample, SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
 
-# Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.
-COLUMNS = {
-    "step": "{}",
-    "loss": "{:.4f}",
-    "perplexity": "{:.3f}",
-    "bits_per_char": "{:.4f}",
-    "accuracy": "{:.4f}",
-    "validity": "{:.3f}",
-    "bar_consistency": "{:.3f}",
-    "header_adherence": "{:.3f}",
-    "truncation": "{:.3f}",
-    "copy_max": "{:.3f}",
-    "copy_share": "{:.3f}",
-    "diversity": "{:.3f}",
-}
 PLOTTED = [name for name in COLUMNS if name not in ("step", "perplexity")]
 
 
@@ -66,6 +52,10 @@ class EvalCommand:
         default="auto", metadata={"help": "ABC checker: abc2midi when on PATH, else the strict Python one."}
     )
     per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "Default: the recipe's."})
+    report: bool = field(default=False, metadata={"help": "Also write eval/report.html (sheet music, audio, curves)."})
+    report_steps: str | None = field(
+        default=None, metadata={"help": "Steps whose samples the report shows, comma-separated; default first and last."}
+    )
 
 
 @dataclass(frozen=True)
@@ -142,12 +132,7 @@ class Scorer:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = []
-        for name, form in COLUMNS.items():
-            value = row.get(name)
-            missing = value is None or (isinstance(value, float) and math.isnan(value))
-            cells.append("–" if missing else form.format(value))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(format_cell(name, row.get(name)) for name in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -210,6 +195,7 @@ def main(argv: list[str]) -> int:
     command, sample_args, rest = parser.parse_command_line(argv)
     if problems := sample_args.problems():
         raise UserError("; ".join(problems))
+    report_steps = parse_steps(command.report_steps)
     model_args, data_args, resolved = read_run(rest.run_dir)
     checkpoints = find_checkpoints(rest.run_dir)
     try:
@@ -229,6 +215,8 @@ def main(argv: list[str]) -> int:
     tokenizer = None
     out = Path(rest.run_dir) / "eval"
     out.mkdir(exist_ok=True)
+    references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
+    write_samples(references, out / "samples" / "reference", label="real tune")
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
     rows = []
@@ -277,6 +265,8 @@ def main(argv: list[str]) -> int:
     table = write_results(out, rows, reference, settings)
     print(table, end="")
     print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/step-N/ ({checker} checker, {command.split} split)")
+    if command.report:
+        print(f"Wrote {write_report(rest.run_dir, report_steps)}")
     return 0
 
 

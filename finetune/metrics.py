@@ -7,6 +7,7 @@ logits, so evaluation memory does not grow with the vocabulary.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import evaluate
@@ -17,6 +18,29 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase
 from .packing import IGNORE_INDEX
 
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+# Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.
+COLUMNS = {
+    "step": "{}",
+    "loss": "{:.4f}",
+    "perplexity": "{:.3f}",
+    "bits_per_char": "{:.4f}",
+    "accuracy": "{:.4f}",
+    "validity": "{:.3f}",
+    "bar_consistency": "{:.3f}",
+    "header_adherence": "{:.3f}",
+    "truncation": "{:.3f}",
+    "copy_max": "{:.3f}",
+    "copy_share": "{:.3f}",
+    "diversity": "{:.3f}",
+}
+
+
+def format_cell(name: str, value) -> str:
+    """A value of column `name` as the tables write it; missing or NaN is a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return COLUMNS[name].format(value)
 
 
 def load_metric(name: str) -> evaluate.EvaluationModule:

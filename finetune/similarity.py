@@ -2,11 +2,13 @@
 
 Used for copying (each generated tune against every training tune: NotaGen drops samples above 0.95)
 and for diversity (generated tunes against each other). Headers are left out, since thousands of tunes
-share `M:6/8\\nL:1/8\\nK:D`. 1.0 means the same n-grams in the same proportions, 0.0 none in common.
+share `M:6/8\\nL:1/8\\nK:D`, and so is white space. 1.0 means the same n-grams in the same proportions,
+0.0 none in common.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 
@@ -16,11 +18,13 @@ import torch
 from .packing import header_length
 
 NGRAM = 4
+WHITE_SPACE = re.compile(r"\s+")
 
 
 def music_of(tune: str) -> str:
-    """The tune's body: everything after its K: line."""
-    return tune[header_length(tune):]
+    """The tune's body (everything after its K: line) without white space, which in ABC is only layout:
+    otherwise a sample that trails off into spaces matches every tune padded with spaces."""
+    return WHITE_SPACE.sub("", tune[header_length(tune):])
 
 
 def ngram_counts(text: str, n: int = NGRAM) -> Counter:

@@ -1,6 +1,7 @@
 """The real entry point on CPU with a tiny model: train, save, load with plain transformers, resume."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -41,7 +42,10 @@ def test_three_steps_with_8bit_adamw_and_bf16_leave_a_complete_run_dir(first_run
     assert env["packages"]["transformers"] and env["command"][0] == "run_finetune.py"
     state = json.loads((out / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
-    assert any("eval_loss" in entry for entry in state["log_history"])
+    evals = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    assert evals and all(0 <= entry["eval_accuracy"] <= 1 for entry in evals)
+    # Character tokens: bits per char is the loss in bits, a little above it (end-of-tune tokens spell nothing).
+    assert all(1 < entry["eval_bits_per_char"] / (entry["eval_loss"] / math.log(2)) < 1.05 for entry in evals)
 
 
 def test_output_loads_with_plain_transformers_and_generates_abc(first_run):

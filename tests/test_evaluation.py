@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import random
+import re
 import shutil
 import string
 import subprocess
@@ -109,10 +110,16 @@ def evaluate_run(*args):
     )
 
 
-def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(run_dir):
-    result = evaluate_run(run_dir, "--num_samples", 4, "--max_new_tokens", 48)
+@pytest.fixture(scope="module")
+def evaluation(run_dir):
+    """evaluate_checkpoints.py over the run, with the HTML report: (the finished process, RUN_DIR/eval)."""
+    result = evaluate_run(run_dir, "--num_samples", 4, "--max_new_tokens", 48, "--report")
     assert result.returncode == 0, result.stderr[-3000:]
-    out = run_dir / "eval"
+    return result, run_dir / "eval"
+
+
+def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(evaluation):
+    result, out = evaluation
     report = json.loads((out / "metrics.json").read_text())
     assert [row["step"] for row in report["rows"]] == [3, 6, 9]  # the final model is step 9: not counted twice
     bits = [row["bits_per_char"] for row in report["rows"]]
@@ -130,6 +137,36 @@ def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(run_dir):
         records = [json.loads(line) for line in (samples / "samples.jsonl").read_text().splitlines()]
         assert all(r["text"].startswith(r["prompt"]) and r["prompt"].startswith("M:") for r in records)
         assert all((samples / r["midi"]).is_file() for r in records if r["midi"])
+    real = [json.loads(line) for line in (out / "samples" / "reference" / "samples.jsonl").read_text().splitlines()]
+    assert len(real) == 4 and sum(r["midi"] is not None for r in real) >= 3  # music21 reads real tunes
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium not installed (apt-get install chromium chromium-driver)")
+def test_report_renders_every_tune_offline_in_headless_chromium(evaluation, tmp_path):
+    """One SVG score and one play button per tune shown, no console error, no network; a screenshot."""
+    _, out = evaluation
+    page = out / "report.html"
+    text = page.read_text()
+    assert not re.search(r"""(src|href)=["']?https?:""", text)  # everything is inside the file
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=20000", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    shown = 2 * 4 * 2  # first and last step, 4 samples each, each beside its real tune
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    assert f'data-rendered="{shown}"' in body and 'data-errors="0"' in body, body
+    scores = re.findall(r'id="([^"]+)-score"[^>]*><svg', dom.stdout)
+    assert len(scores) == shown and len(set(scores)) == shown
+    assert len(re.findall(r'class="play" id="[^"]+-play"', dom.stdout)) == shown
+    # console.error and uncaught errors are counted by the page itself (data-errors); Chromium logs every
+    # console message at one level, and abcjs writes debug notes about garbled samples with console.log.
+    assert not [line for line in dom.stderr.splitlines() if ":CONSOLE" in line and "Uncaught" in line]
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, "--hide-scrollbars", "--window-size=1300,1800", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=180)
+    assert shot.stat().st_size > 50_000
 
 
 def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, tmp_path):

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -57,6 +59,16 @@ def test_lora_trains_saves_an_adapter_and_merges_into_a_plain_model(base_model, 
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     output = merged.generate(**tokenizer("M:6/8\nK:D\n", return_tensors="pt"), max_new_tokens=10, do_sample=False)
     assert tokenizer.decode(output[0]).startswith("M:6/8\nK:D\n")
+
+    # The adapters evaluate like any checkpoint: through the base model's BPE tokenizer, per character.
+    result = subprocess.run(
+        [sys.executable, "evaluate_checkpoints.py", str(out), "--num_samples", "2", "--max_new_tokens", "24"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [2, 3] and all(row["bits_per_char"] > 0 for row in rows)
+    assert (out / "eval" / "samples" / "step-3" / "001.abc").is_file()
 
 
 def test_qlora_trains_adapters_over_a_4bit_base(base_model, tmp_path):
