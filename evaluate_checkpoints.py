@@ -31,7 +31,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from finetune.abc_check import resolve_checker
 from finetune.args import DataArguments, ModelArguments
 from finetune.data import clean_splits, load_raw_splits
-from finetune.errors import UserError
+from finetune.errors import UserError, run_command
 from finetune.metrics import COLUMNS, TokenMetrics, format_cell, load_metric, preprocess_logits_for_metrics
 from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from finetune.packing import tokenize_and_pack
@@ -271,11 +271,7 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> int:
-    try:
-        return main(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return run_command(main)
 
 
 if __name__ == "__main__":

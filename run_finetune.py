@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, default_data_collator, set_seed
 
 from finetune.data import clean_splits, load_raw_splits
-from finetune.errors import UserError
+from finetune.errors import run_command
 from finetune.curves import LossPlotCallback
 from finetune.metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
@@ -88,11 +88,7 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> int:
-    try:
-        return main(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return run_command(main)
 
 
 if __name__ == "__main__":

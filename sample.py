@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.abc_check import check_tunes
-from finetune.errors import UserError
+from finetune.errors import UserError, run_command
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
 from finetune.sampling import SampleArguments, generate_tunes, parse_prompt, write_samples
@@ -47,11 +47,7 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> int:
-    try:
-        return main(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return run_command(main)
 
 
 if __name__ == "__main__":

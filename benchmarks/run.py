@@ -26,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
     Trainer,
     TrainerCallback,

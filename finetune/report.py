@@ -112,11 +112,13 @@ def build_report(run_dir: str, steps: list[int] | None = None) -> str:
             pairs.append(f'<div class="pair">{"".join(cards)}</div>')
         row = next(r for r in report["rows"] if r["step"] == step)
         sections.append(
-            f'<h2>Step {step}: {len(samples)} samples beside the real tunes that gave their headers</h2>'
+            f'<h2 id="step-{step}">Step {step}: {len(samples)} samples beside the real tunes that gave their headers</h2>'
             f'<p>validity {row["validity"]:.2f} (real {report["reference"]["validity"]:.2f}) · bar consistency '
             f'{row["bar_consistency"]:.2f} (real {report["reference"]["bar_consistency"]:.2f})</p>{"".join(pairs)}'
         )
-    sampling = ", ".join(f"{k} {v}" for k, v in settings["sampling"].items() if k != "batch_size")
+    sampling = ", ".join(
+        f"{k} {'up to the context' if v is None else v}" for k, v in settings["sampling"].items() if k != "batch_size"
+    )
     data = json.dumps(tunes).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(str(run))}: evaluation report</title>
