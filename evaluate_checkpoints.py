@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from finetune.abc_check import resolve_checker
-from finetune.args import DataArguments, ModelArguments
+from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError, run_command
 from finetune.metrics import COLUMNS, TokenMetrics, format_cell, load_metric, preprocess_logits_for_metrics
 from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.recipe import CliParser
-from finetune.report import parse_steps, write_report
+from finetune.report import chosen_steps, parse_steps, write_report
 from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
 from finetune.sampling import Sample, SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
 
@@ -79,16 +79,14 @@ def find_checkpoints(run_dir: str) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def read_run(run_dir: str) -> tuple[ModelArguments, DataArguments, dict]:
-    """The model and data arguments the run trained with, from its resolved recipe."""
+def read_run(run_dir: str) -> tuple[DataArguments, dict]:
+    """The data arguments the run trained with, and its whole resolved recipe."""
     path = Path(run_dir) / RECIPE_FILE
     if not Path(run_dir).is_dir() or not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
     resolved = json.loads(path.read_text())
-    model_args, data_args = CliParser((ModelArguments, DataArguments), prog="", usage="").parse_dict(
-        resolved, allow_extra_keys=True
-    )
-    return model_args, data_args, resolved
+    (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(resolved, allow_extra_keys=True)
+    return data_args, resolved
 
 
 def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str]]:
@@ -196,8 +194,9 @@ def main(argv: list[str]) -> int:
     if problems := sample_args.problems():
         raise UserError("; ".join(problems))
     report_steps = parse_steps(command.report_steps)
-    model_args, data_args, resolved = read_run(rest.run_dir)
+    data_args, resolved = read_run(rest.run_dir)
     checkpoints = find_checkpoints(rest.run_dir)
+    chosen_steps([{"step": c.step} for c in checkpoints], report_steps)  # a step that will not exist fails now
     try:
         checker = resolve_checker(command.checker)
     except FileNotFoundError as e:

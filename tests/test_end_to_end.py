@@ -44,8 +44,9 @@ def test_three_steps_with_8bit_adamw_and_bf16_leave_a_complete_run_dir(first_run
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
     evals = [entry for entry in state["log_history"] if "eval_loss" in entry]
     assert evals and all(0 <= entry["eval_accuracy"] <= 1 for entry in evals)
-    # Character tokens: bits per char is the loss in bits, a little above it (end-of-tune tokens spell nothing).
-    assert all(1 < entry["eval_bits_per_char"] / (entry["eval_loss"] / math.log(2)) < 1.05 for entry in evals)
+    # Character tokens: bits per char is about the loss in bits. Not exactly: end-of-tune tokens spell no
+    # character, and eval_loss averages batch means where bits per char sums over tokens.
+    assert all(0.95 < entry["eval_bits_per_char"] / (entry["eval_loss"] / math.log(2)) < 1.05 for entry in evals)
 
 
 def test_output_loads_with_plain_transformers_and_generates_abc(first_run):
