@@ -72,6 +72,8 @@ BODY_TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+TOKEN_KINDS = ("space", "comment", "field", "bar", "note", "rest", "measures", "chord_start", "chord_end", "grace",
+               "symbol", "decoration", "tuplet", "slur", "tie", "broken", "overlay")
 SECTION_BAR = re.compile(r":|\|\||\|\]|\[\||\d")
 
 
@@ -218,9 +220,7 @@ class _Body:
             self.close_bar("")
 
     def token(self, match: re.Match, where: str) -> None:
-        kind = next(name for name in ("space", "comment", "field", "bar", "note", "rest", "measures", "chord_start",
-                                      "chord_end", "grace", "symbol", "decoration", "tuplet", "slur", "tie", "broken",
-                                      "overlay") if match.group(name) is not None)
+        kind = next(name for name in TOKEN_KINDS if match.group(name) is not None)
         if kind == "field":
             letter, value = match.group()[1], match.group()[3:-1]
             if letter == "M":
@@ -241,7 +241,7 @@ class _Body:
             else:
                 self.add(length)
         elif kind == "measures":
-            # Z4 is four whole bars of rest: count them as right, whatever the meter.
+            # Z4 is four whole bars of rest: they end the bar before them and are not measured.
             self.close_bar("|")
         elif kind == "chord_start":
             if self.chord is not None:

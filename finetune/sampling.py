@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from .errors import UserError
 from .model import context_length
 from .packing import header_length
 
@@ -107,7 +108,7 @@ def generate_tunes(
     for length in sorted(by_length):
         budget = min(args.max_new_tokens or context, context - length)
         if budget < 1:
-            raise ValueError(f"a prompt of {length} tokens leaves no room in the model's context of {context}")
+            raise UserError(f"a prompt of {length} tokens leaves no room in the model's context of {context}; shorten it")
         members = by_length[length]
         for start in range(0, len(members), args.batch_size):
             batch = members[start : start + args.batch_size]
