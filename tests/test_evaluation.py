@@ -228,3 +228,12 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path):
     result = evaluate_run(copy)
     assert result.returncode == 2 and "checkpoint-6 has no tokenizer" in result.stderr
     assert not (copy / "eval").exists()  # refused before anything was written
+
+
+def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_reason(tmp_path):
+    from finetune.sampling import write_midi
+
+    assert write_midi("X:1\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n", tmp_path / "a.mid") is None
+    assert (tmp_path / "a.mid").stat().st_size > 0
+    long_tune = "X:1\nM:6/8\nL:1/8\nK:D\n" + "|:ABc def:|\n" * 300
+    assert write_midi(long_tune, tmp_path / "b.mid", seconds=0.05).startswith("_TooSlow: gave up after 0.05 s")
