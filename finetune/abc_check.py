@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from .abc import split_tunes
+from .abc import FIELD_LINE, INLINE_COMMENT, split_tunes
 
 CHECKERS = ("auto", "abc2midi", "python")
 
-FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
 METER = re.compile(r"^\s*(?:(\d+(?:\+\d+)*)\s*/\s*(\d+)|(C\|?)|(none))\s*$", re.IGNORECASE)
 UNIT = re.compile(r"^\s*1\s*/\s*(1|2|4|8|16|32|64)\s*$")
 KEY = re.compile(
@@ -83,8 +82,6 @@ class Bar:
     wanted: Fraction | None  # what M: and L: ask for; None under M:none
     before: str  # the bar line that opens it
     after: str  # the bar line that closes it
-    first_line: int  # body line of its first note
-    last_line: int  # body line of its last note
 
 
 @dataclass
@@ -145,7 +142,6 @@ class _Body:
         self.meter: Fraction | None = Fraction(1)
         self.unit: Fraction | None = None
         self.bars: list[Bar] = []
-        self.line_number, self.first_line = 0, 0
         self.current, self.before, self.has_notes = Fraction(0), "", False
         self.tuplet_left, self.tuplet_ratio = 0, Fraction(1)
         self.last_note: Fraction | None = None
@@ -188,8 +184,6 @@ class _Body:
         length *= self.pending_broken
         self.pending_broken = Fraction(1)
         self.current += length
-        if not self.has_notes:
-            self.first_line = self.line_number
         self.last_note, self.has_notes = length, True
 
     def wanted(self) -> Fraction | None:
@@ -198,11 +192,10 @@ class _Body:
 
     def close_bar(self, mark: str) -> None:
         if self.has_notes:
-            self.bars.append(Bar(self.current, self.wanted(), self.before, mark, self.first_line, self.line_number))
+            self.bars.append(Bar(self.current, self.wanted(), self.before, mark))
         self.current, self.has_notes, self.before = Fraction(0), False, mark
 
     def line(self, text: str, where: str) -> None:
-        self.line_number += 1
         pos = 0
         while pos < len(text):
             match = BODY_TOKEN.match(text, pos)
@@ -284,11 +277,12 @@ class _Body:
             return  # voices overlap in time; bar sums of one interleaved line mean nothing
         self.report.bars_total = len(self.bars)
         lengths = Counter(bar.duration for bar in self.bars)
-        edge = Bar(Fraction(0), None, "", "", -1, -1)
+        edge = Bar(Fraction(0), None, "", "")
+        padded = [edge, *self.bars, edge]
         for number, bar in enumerate(self.bars, start=1):
             if bar.wanted is None or bar.duration == bar.wanted:
                 continue
-            previous, following = ([edge, *self.bars, edge])[number - 1], ([edge, *self.bars, edge])[number + 1]
+            previous, following = padded[number - 1], padded[number + 1]
             if bar.duration < bar.wanted and (
                 previous is edge
                 or following is edge
@@ -307,17 +301,13 @@ class _Body:
             )
 
 
-def _strip_comment(line: str) -> str:
-    return re.sub(r"(?<!\\)%.*$", "", line).rstrip()
-
-
 def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
     """Header checks and bar durations for one tune; with `strict_syntax`, also every syntax error."""
     report = TuneReport()
     body = _Body(report, strict_syntax)
     in_body, has_key = False, False
     for number, raw in enumerate(tune.split("\n"), start=1):
-        line = _strip_comment(raw)
+        line = INLINE_COMMENT.sub("", raw).rstrip()
         if not line:
             continue
         where = f"line {number}"
