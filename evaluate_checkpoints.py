@@ -191,8 +191,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", help="the output_dir of a run_finetune.py run")
     parser.set_defaults(num_samples=64)
     command, sample_args, rest = parser.parse_command_line(argv)
-    if problems := sample_args.problems():
-        raise UserError("; ".join(problems))
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
     checkpoints = find_checkpoints(rest.run_dir)

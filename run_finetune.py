@@ -16,9 +16,9 @@ import sys
 import torch
 from transformers import Trainer, default_data_collator, set_seed
 
+from finetune.curves import LossPlotCallback
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import run_command
-from finetune.curves import LossPlotCallback
 from finetune.metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
 from finetune.packing import tokenize_and_pack

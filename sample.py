@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.abc_check import check_tunes
-from finetune.errors import UserError, run_command
+from finetune.errors import run_command
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
 from finetune.sampling import SampleArguments, generate_tunes, parse_prompt, write_samples
@@ -30,8 +30,6 @@ def main(argv: list[str]) -> int:
     parser = CliParser((SampleCommand, SampleArguments), prog="sample.py", usage="sample.py CHECKPOINT [--prompt ...] [--num_samples N] ...")
     parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir (its final model)")
     command, sample_args, rest = parser.parse_command_line(argv)
-    if problems := sample_args.problems():
-        raise UserError("; ".join(problems))
     model, tokenizer = load_checkpoint(rest.checkpoint)
     prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
     samples = generate_tunes(model, tokenizer, prompts, sample_args)

@@ -19,6 +19,7 @@ from transformers import (
 
 from .args import ModelArguments
 from .errors import UserError
+from .packing import start_token_id
 from .tokenizer import build_abc_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -81,8 +82,7 @@ def load_tokenizer(model_args: ModelArguments, max_seq_length: int) -> PreTraine
 
 
 def _special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict:
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return {"bos_token_id": bos, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    return {"bos_token_id": start_token_id(tokenizer), "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
 def load_model(
@@ -144,7 +144,7 @@ def merge_adapter(adapter_dir: str, out_dir: str) -> None:
 
     The base is reloaded in full precision, so this also works for a QLoRA (4-bit) run.
     """
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, torch_dtype=torch.float32)
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
     model.merge_and_unload().save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
 

@@ -30,13 +30,18 @@ def header_length(text: str) -> int:
     return len(text) if line_end < 0 else line_end + 1
 
 
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token every tune starts with: `<s>`, or end-of-text for tokenizers that have no start token (GPT-2)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, train_on: str = "all") -> dict:
     """`<s>` tune `</s>` with labels, for every tokenizer (GPT-2 style ones use end-of-text for both ends).
 
     The header and the body are tokenized apart so that the boundary is a token boundary whatever the
     tokenizer; the header ends in a newline, so this is how any tokenizer would cut it anyway.
     """
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = start_token_id(tokenizer)
     cuts = [header_length(text) for text in batch["text"]]
     # verbose=False: tunes longer than the context are expected here; the packer handles them.
     encode = lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731

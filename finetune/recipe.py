@@ -252,9 +252,14 @@ def _value_problems(ns: dict) -> list[str]:
     return problems
 
 
+def _on_cuda(ns: dict) -> bool:
+    """Whether the run will train on a CUDA GPU: one is there and the recipe does not ask for the CPU."""
+    return torch.cuda.is_available() and not ns["use_cpu"]
+
+
 def _attention_problems(ns: dict) -> list[str]:
     """Attention kernels that would fail mid-run on this machine (checked in torch 2.13)."""
-    impl, on_cpu = ns["attn_implementation"], ns["use_cpu"] or not torch.cuda.is_available()
+    impl, on_cpu = ns["attn_implementation"], not _on_cuda(ns)
     if impl == "flex_attention" and on_cpu and not ns["dry_run"]:
         return ["'attn_implementation' flex_attention has no backward pass on the CPU; use sdpa"]
     if impl == "flash_attention_2" and (on_cpu or importlib.util.find_spec("flash_attn") is None):
@@ -266,7 +271,7 @@ def _bitsandbytes_problem(ns: dict) -> str | None:
     """Why bitsandbytes' 8-bit AdamW cannot step on this machine, found by taking one step on a small tensor."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return "bitsandbytes is not installed"
-    device = "cuda" if torch.cuda.is_available() and not ns["use_cpu"] else "cpu"
+    device = "cuda" if _on_cuda(ns) else "cpu"
     try:
         import bitsandbytes as bnb
 
@@ -332,7 +337,7 @@ def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             note += "; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 runs far slower than fp32 (--bf16 false)"
         return [note], []
-    if ns["bf16"] and not ns["use_cpu"] and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if ns["bf16"] and _on_cuda(ns) and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name()
         return [], [f"'bf16' is not supported by {name} (it needs an Ampere or newer GPU); use --bf16 false --fp16 true"]
     return [], []

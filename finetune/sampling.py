@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .errors import UserError
 from .model import context_length
-from .packing import header_length
+from .packing import header_length, tokenize_batch
 
 # Header fields a prompt carries: the ones that shape the music. R: and T: join them when the recipe keeps
 # them in training text (DataArguments.keep_fields), since only then has the model learnt to follow them.
@@ -43,7 +43,8 @@ class SampleArguments:
     seed: int = field(default=3407, metadata={"help": "Seed for sampling; the same seed gives the same tunes."})
     batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (prompts of one length share a batch)."})
 
-    def problems(self) -> list[str]:
+    def __post_init__(self):
+        """Every bad setting at once, as one line."""
         found = []
         if self.num_samples < 1:
             found.append(f"num_samples must be at least 1, not {self.num_samples}")
@@ -57,7 +58,8 @@ class SampleArguments:
             found.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.batch_size < 1:
             found.append(f"batch_size must be at least 1, not {self.batch_size}")
-        return found
+        if found:
+            raise UserError("; ".join(found))
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,8 @@ def parse_prompt(prompt: str) -> str:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """`<s>` + the prompt, exactly as training tokenized the start of a tune (packing.tokenize_batch)."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return [bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    """`<s>` + the prompt, tokenized by training's own function, without the end-of-tune token."""
+    return tokenize_batch({"text": [prompt]}, tokenizer)["input_ids"][0][:-1]
 
 
 @torch.inference_mode()
