@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, see finetune/__init__.py)
 import datasets
 import torch
 from tqdm.auto import tqdm

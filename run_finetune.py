@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, see finetune/__init__.py)
 import torch
 from transformers import Trainer, default_data_collator, set_seed
 

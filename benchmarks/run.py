@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import finetune  # noqa: E402,F401  (first: it quiets a bitsandbytes import warning)
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
     DataCollatorForLanguageModeling,

@@ -103,6 +103,8 @@ def load_model(
         )
     if model_args.model_name_or_path and not on_meta:
         model = _load_or_explain(AutoModelForCausalLM.from_pretrained, model_args.model_name_or_path, "model", **kwargs)
+        if model_args.load_in_4bit:
+            keep_4bit_layers_on_generic_cpu_kernel(model)
     else:
         if not model_args.model_name_or_path:
             config.vocab_size = len(tokenizer)
@@ -118,6 +120,25 @@ def load_model(
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, lora_config(model_args))
     return model
+
+
+def keep_4bit_layers_on_generic_cpu_kernel(model: torch.nn.Module) -> list[str]:
+    """Send 4-bit layers that bitsandbytes' packed CPU kernel cannot hold to its generic kernel; return their names.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weights for a faster kernel the first
+    time it runs without gradients (evaluation, generation). The repacking needs `in_features` divisible by the
+    quantization block (64) and `out_features` by 32, and fails mid-run otherwise: `shape '[32, 0]' is invalid`.
+    Real models' layers fit; small ones (tests, toy bases) need not. The generic kernel, used on every other
+    CPU and during training, is correct for any shape. The switch is the module's own flag, read at each forward.
+    """
+    sent = []
+    for name, module in model.named_modules():
+        quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(module, "support_avx512bf16_for_cpu", False) and quant_state is not None:
+            if module.in_features % quant_state.blocksize or module.out_features % 32:
+                module.support_avx512bf16_for_cpu = False
+                sent.append(name)
+    return sent
 
 
 def lora_config(model_args: ModelArguments) -> LoraConfig:

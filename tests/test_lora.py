@@ -97,3 +97,25 @@ def test_lora_dry_run_counts_base_and_adapter_parameters(base_model, capsys):
     code, stdout, stderr = run_cli([LORA_RECIPE, "--model_name_or_path", base_model, "--max_seq_length", 256, "--dry_run"], capsys)
     assert code == 0, stderr
     assert re.search(r"model            \S+: [\d.]+k parameters, [\d.]+k trainable in LoRA r=16 adapters", stdout)
+
+
+def test_4bit_layers_the_packed_cpu_kernel_cannot_hold_use_the_generic_one(base_model, monkeypatch):
+    """On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights for evaluation and fails on narrow layers: those
+    layers are sent to the generic kernel. The flag is forced here so that AVX2-only hosts test the choice too."""
+    import bitsandbytes
+    from transformers import BitsAndBytesConfig
+
+    from finetune.model import keep_4bit_layers_on_generic_cpu_kernel
+
+    real_avx512bf16 = bool(bitsandbytes.functional.has_avx512bf16())
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    )
+    sent = keep_4bit_layers_on_generic_cpu_kernel(model)
+    # hidden 32 < the 64-wide block: every layer that reads the hidden state; down_proj reads 64 and writes 32.
+    assert sorted({name.split(".")[-1] for name in sent}) == ["gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert all(model.get_submodule(f"model.layers.{i}.mlp.down_proj").support_avx512bf16_for_cpu for i in (0, 1))
+    if real_avx512bf16:  # the packed kernel exists only on such CPUs: run it
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(torch.tensor([[1, 2, 3]])).logits).all()
