@@ -16,6 +16,7 @@ import torch
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from .packing import IGNORE_INDEX
+from .tokenizer import BYTE_TOKEN
 
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
 
@@ -49,11 +50,23 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
 
 
 def chars_per_token(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
-    """How many characters of tune text each token id spells; special tokens spell none."""
+    """How many characters of tune text each token id spells; special tokens spell none.
+
+    A byte-fallback token (`<0xE8>`, as Llama-family tokenizers and ours name them) spells one character if
+    it opens a UTF-8 sequence (or is ASCII) and none if it continues one, so a character spelt in bytes
+    counts once.
+    """
     special = set(tokenizer.all_special_ids)
-    return np.array(
-        [0 if token_id in special else len(tokenizer.decode([token_id])) for token_id in range(len(tokenizer))]
-    )
+    counts = []
+    for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        byte = BYTE_TOKEN.match(token or "")
+        if token_id in special:
+            counts.append(0)
+        elif byte:
+            counts.append(0 if 0x80 <= int(byte.group(1), 16) < 0xC0 else 1)
+        else:
+            counts.append(len(tokenizer.decode([token_id])))
+    return np.array(counts)
 
 
 def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

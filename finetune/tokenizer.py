@@ -4,6 +4,11 @@ Text-to-Music (Wu & Sun, 2023) trained on ABC with "character-level tokenization
 notations)" and a vocabulary of 164. We do the same: one token per character, plus single tokens for the
 bar-line and repeat notations that are one symbol to a musician. The alphabet is fixed (not learned from
 data) so that a tokenizer saved today and a checkpoint trained next year agree on every id.
+
+Any other character is spelled as its UTF-8 bytes, `<0xE8><0x8C><0x89>`, as Llama-family tokenizers do
+(byte fallback), so `decode(encode(text)) == text` for every Unicode string: titles in Polish, Czech or
+Chinese survive. The byte tokens come after the 175 tokens of the first version, whose ids are unchanged,
+so a model trained with that version reads the same ids from this one.
 """
 
 from __future__ import annotations
@@ -23,16 +28,35 @@ NOTATIONS.sort(key=len, reverse=True)
 # Printable ASCII and the newline carry ABC itself; Latin-1 letters carry titles and rhythm names
 # (Essen's "geistliche, religiöse Lieder").
 ALPHABET = ["\n"] + [chr(c) for c in range(0x20, 0x7F)] + [chr(c) for c in range(0xC0, 0x100)]
+# The byte-fallback tokens, named as `tokenizers`' ByteFallback decoder and Llama's vocabularies name them.
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+BYTE_TOKEN = re.compile(r"^<0x([0-9A-F]{2})>$")
+
+
+def notation_merges() -> list[tuple[str, str]]:
+    """BPE merges that build each notation left to right from its characters (`:|1` = `:|` + `1`).
+
+    The pre-tokenizer has already cut the text into single characters and whole notations, so these merges
+    can only ever join the characters of one notation. Longest notations first: `:|]` must merge `:|`
+    before `|]` can take its bar.
+    """
+    merges = []
+    for notation in NOTATIONS:
+        for end in range(2, len(notation) + 1):
+            pair = (notation[: end - 1], notation[end - 1])
+            if pair not in merges:
+                merges.append(pair)
+    return merges
 
 
 def build_abc_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     """A fresh ABC tokenizer; `tokenizer(text)` prepends `<s>`, which is how every training tune starts."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + NOTATIONS + ALPHABET)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + NOTATIONS + ALPHABET + BYTE_TOKENS)}
+    tokenizer = Tokenizer(models.BPE(vocab, notation_merges(), unk_token=UNK, byte_fallback=True))
     notations = "|".join(re.escape(n) for n in NOTATIONS)
     # `[\s\S]` and not `.`: the regex engine (Oniguruma) does not let `.` match a newline here.
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{notations}|[\s\S]"), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
     )

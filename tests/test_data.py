@@ -1,14 +1,12 @@
-"""ABC cleaning, the built-in corpus and its splits, other data sources, and the tokenizer round trip."""
+"""ABC cleaning, the built-in corpus and its splits, and other data sources."""
 
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from finetune.abc import Tune, clean_tune, split_tunes
 from finetune.args import DataArguments
 from finetune.data import BUILTIN_DIR, clean_splits, load_raw_splits, split_of
-from finetune.tokenizer import build_abc_tokenizer
 
 BOOK = """% a tune book
 X:1
@@ -72,19 +70,6 @@ def test_builtin_corpus_is_real_split_and_deduplicated(corpus):
     assert len(every) == len(set(every))
     assert all(split_of(t, 5) == "validation" for t in corpus["validation"])
     assert all("\nK:" in "\n" + t for t in every)
-
-
-def test_tokenizer_round_trips_every_tune_in_the_corpus(corpus, tmp_path):
-    """decode(encode(tune)) == tune for all ~13,000 tunes, through a saved and reloaded AutoTokenizer."""
-    build_abc_tokenizer(model_max_length=1024).save_pretrained(tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    every = [t for texts in corpus.values() for t in texts]
-    encoded = tokenizer(every)["input_ids"]
-    assert all(ids[0] == tokenizer.bos_token_id for ids in encoded)
-    assert tokenizer.unk_token_id not in {i for ids in encoded for i in ids}
-    assert tokenizer.batch_decode(encoded, skip_special_tokens=True) == every
-    # Notations are single tokens, so a tune is shorter in tokens than in characters.
-    assert sum(len(ids) - 1 for ids in encoded) < sum(map(len, every))  # less the leading <s>
 
 
 @pytest.mark.parametrize("kind", ["abc", "jsonl", "csv", "parquet", "folder"])
