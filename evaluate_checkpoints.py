@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from finetune.abc_check import resolve_checker
+from finetune.abc.check import check_tunes, resolve_checker
 from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError, run_command
@@ -214,7 +214,7 @@ def main(argv: list[str]) -> int:
     out = Path(rest.run_dir) / "eval"
     out.mkdir(exist_ok=True)
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
-    write_samples(references, out / "samples" / "reference", label="real tune")
+    write_samples(references, out / "samples" / "reference", label="real tune", checks=check_tunes(real, checker))
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
     rows = []
@@ -236,7 +236,8 @@ def main(argv: list[str]) -> int:
             )
             numbers = trainer.evaluate(eval_dataset=packed[command.split])
             samples = generate_tunes(model, tokenizer, prompts, sample_args)
-            write_samples(samples, out / "samples" / f"step-{checkpoint.step}", label=f"step {checkpoint.step}")
+            checks = check_tunes([s.text for s in samples], checker)
+            write_samples(samples, out / "samples" / f"step-{checkpoint.step}", label=f"step {checkpoint.step}", checks=checks)
             rows.append(
                 {
                     "step": checkpoint.step,

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.abc_check import check_tunes
+from finetune.abc.check import check_tunes
 from finetune.errors import run_command
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
@@ -34,8 +34,9 @@ def main(argv: list[str]) -> int:
     prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
     samples = generate_tunes(model, tokenizer, prompts, sample_args)
     out = Path(command.out) if command.out else Path(rest.checkpoint) / "samples"
-    records = write_samples(samples, out, label=Path(rest.checkpoint).name)
-    for record, check in zip(records, check_tunes([s.text for s in samples])):
+    checks = check_tunes([s.text for s in samples])
+    records = write_samples(samples, out, label=Path(rest.checkpoint).name, checks=checks)
+    for record, check in zip(records, checks):
         verdict = "valid" if check["valid"] else f"{len(check['errors'])} problem(s): {check['errors'][0]}"
         ending = "" if record["ended"] else ", truncated"
         print(f"--- {out / record['abc']} ({check['checker']}: {verdict}{ending})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from .abc import Tune, clean_tune, split_tunes
+from .abc import Tune, clean_tune, read_text, split_tunes
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
 
@@ -40,15 +41,6 @@ def music21_corpus_root() -> Path:
     import music21
 
     return Path(music21.__file__).parent / "corpus"
-
-
-def read_text(path: Path) -> str:
-    """ABC collections predate UTF-8; fall back to Latin-1, which decodes any byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
 
 
 def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> dict:
@@ -112,8 +104,35 @@ def _load_files(paths: list[Path], text_column: str) -> datasets.Dataset:
         )
     if len(suffixes) > 1 or not suffixes <= set(TABLE_BUILDERS):
         raise UserError(f"mixed or unknown data file types {sorted(suffixes)}; use one of {', '.join(TABLE_BUILDERS)} or .abc/.txt")
-    table = datasets.load_dataset(TABLE_BUILDERS[suffixes.pop()], data_files=[str(p) for p in paths], split="train")
+    builder = TABLE_BUILDERS[suffixes.pop()]
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)  # a file it cannot read is reported below, in one line
+    try:
+        table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train")
+    except Exception as e:  # datasets and pyarrow raise many types for a file they cannot read
+        if _holds_no_rows(paths, builder) or "corresponds to no data" in str(e):
+            raise UserError(f"{paths[0]}: no rows; add tunes to the file") from None
+        while e.__cause__ is not None or e.__context__ is not None:  # the reader's own words, not datasets' wrapper
+            e = e.__cause__ or e.__context__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise UserError(f"{paths[0]}: not readable as {builder} ({reason}); check the file's format") from None
+    finally:
+        datasets_logger.setLevel(level)
     return _text_column(table, text_column, paths[0].parent)
+
+
+def _holds_no_rows(paths: list[Path], builder: str) -> bool:
+    if all(p.stat().st_size == 0 for p in paths):
+        return True
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == 0
+        except Exception:  # not a parquet file at all: that is the other message
+            return False
+    return False
 
 
 def _text_column(table: datasets.Dataset, text_column: str, where) -> datasets.Dataset:
@@ -157,11 +176,17 @@ def load_raw_splits(data_args: DataArguments) -> dict[str, datasets.Dataset]:
     return {split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()}
 
 
+def _clean_one(text, keep_fields: str, clean_abc: bool) -> Tune | str:
+    """The cleaned tune, or why it is skipped: a data file's text cell may be empty, null, or not text at all."""
+    if text is not None and not isinstance(text, str):
+        return f"text is a {type(text).__name__}, not a string"
+    if not text or not text.strip():
+        return "empty text"
+    return clean_tune(text, keep_fields=keep_fields) if clean_abc else Tune(text=text, title="")
+
+
 def _clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
-    if clean_abc:
-        results = [clean_tune(text or "", keep_fields=keep_fields) for text in batch["text"]]
-    else:
-        results = [Tune(text=text, title="") if text and text.strip() else "empty text" for text in batch["text"]]
+    results = [_clean_one(text, keep_fields, clean_abc) for text in batch["text"]]
     return {
         "text": [r.text if isinstance(r, Tune) else "" for r in results],
         "skip_reason": ["" if isinstance(r, Tune) else r for r in results],
@@ -189,6 +214,8 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
     skipped = Counter()
     cleaned = {}
     for split, ds in raw.items():
+        if len(ds) == 0:  # an empty file: datasets.map would not even add the skip_reason column
+            continue
         ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields, "clean_abc": data_args.clean_abc}, desc=f"clean {split}")
         skipped.update(reason for reason in ds["skip_reason"] if reason)
         cleaned[split] = ds.filter(lambda row: not row["skip_reason"]).remove_columns("skip_reason")

@@ -16,18 +16,10 @@ import math
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from .abc import header_length
 from .args import DataArguments
 
 IGNORE_INDEX = -100
-
-
-def header_length(text: str) -> int:
-    """Characters up to and including the first K: line: the part of a tune that `train_on: body` prompts with."""
-    end = ("\n" + text).find("\nK:")
-    if end < 0:
-        return 0
-    line_end = text.find("\n", end)
-    return len(text) if line_end < 0 else line_end + 1
 
 
 def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

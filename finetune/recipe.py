@@ -112,7 +112,7 @@ def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = recipe.pop("extends", None)
     if parent is None:
         return recipe
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or not parent.strip() or "\0" in parent:
         raise UserError(f"{path}: 'extends' must be a path string such as \"music_abc.json\"")
     return merge_recipes(read_recipe(path.parent / parent, (*_chain, path)), recipe)
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .abc_check import check_tunes
+from .abc.check import check_tunes
 from .errors import UserError
 from .metrics import COLUMNS, format_cell
 

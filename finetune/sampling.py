@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import json
 import os
 import signal
@@ -21,7 +22,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .errors import UserError
 from .model import context_length
-from .packing import header_length, tokenize_batch
+from .abc import header_length
+from .packing import tokenize_batch
 
 # Header fields a prompt carries: the ones that shape the music. R: and T: join them when the recipe keeps
 # them in training text (DataArguments.keep_fields), since only then has the model learnt to follow them.
@@ -48,8 +50,9 @@ class SampleArguments:
         found = []
         if self.num_samples < 1:
             found.append(f"num_samples must be at least 1, not {self.num_samples}")
-        if self.temperature <= 0:
-            found.append(f"temperature must be above 0, not {self.temperature}")
+        # Chained comparisons refuse NaN too, which fails every comparison.
+        if not 0 < self.temperature < math.inf:
+            found.append(f"temperature must be a number above 0, not {self.temperature}")
         if self.top_k < 0:
             found.append(f"top_k must be 0 (off) or more, not {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -83,7 +86,15 @@ def prompt_from_tune(tune: str, fields: str = PROMPT_FIELDS) -> str:
 
 
 def parse_prompt(prompt: str) -> str:
-    r"""A prompt from the command line: `\n` written as two characters becomes a newline; one is added at the end."""
+    r"""A prompt from the command line: `\n` written as two characters becomes a newline; one is added at the end.
+
+    Bytes that are not UTF-8 reach Python's argv as lone surrogates, which no tokenizer encodes: they become
+    U+FFFD, the replacement character, as a UTF-8 decoder would write them.
+    """
+    try:
+        prompt = prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        prompt = prompt.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     prompt = prompt.replace("\\n", "\n")
     return prompt if prompt.endswith("\n") or not prompt else prompt + "\n"
 
@@ -179,16 +190,21 @@ def write_midi(text: str, path: Path, seconds: float = MIDI_SECONDS) -> str | No
     return None
 
 
-def write_samples(samples: list[Sample], out_dir: Path, label: str) -> list[dict]:
-    """`NNN.abc` and `NNN.mid` per sample, plus samples.jsonl with every sample and what happened to it."""
+def write_samples(samples: list[Sample], out_dir: Path, label: str, checks: list[dict] | None = None) -> list[dict]:
+    """`NNN.abc` and `NNN.mid` per sample, plus samples.jsonl with every sample and what happened to it.
+
+    `checks`, the checker's result for each sample (`abc.check.check_tunes`), goes into its record: whether it
+    is valid, and why not.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for i, sample in enumerate(samples, start=1):
         abc = as_abc_file(sample.text, i, f"{label} sample {i}")
-        (out_dir / f"{i:03d}.abc").write_text(abc, encoding="utf-8")
+        (out_dir / f"{i:03d}.abc").write_text(abc, encoding="utf-8", errors="replace")
         midi_error = write_midi(abc, out_dir / f"{i:03d}.mid")
+        check = checks[i - 1] if checks else {}
         records.append(
-            {"index": i, **asdict(sample), "abc": f"{i:03d}.abc", "midi": None if midi_error else f"{i:03d}.mid", "midi_error": midi_error}
+            {"index": i, **asdict(sample), "abc": f"{i:03d}.abc", "midi": None if midi_error else f"{i:03d}.mid", "midi_error": midi_error, **check}
         )
     tmp = out_dir / "samples.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

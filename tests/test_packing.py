@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from finetune.packing import IGNORE_INDEX, best_fit_decreasing, fit_to_length, header_length, pack_rows, tokenize_batch
+from finetune.abc import header_length
+from finetune.packing import IGNORE_INDEX, best_fit_decreasing, fit_to_length, pack_rows, tokenize_batch
 from finetune.tokenizer import build_abc_tokenizer
 
 

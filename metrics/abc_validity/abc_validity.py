@@ -1,4 +1,4 @@
-"""ABC validity and bar-duration consistency of tunes, by finetune.abc_check (abc2midi, else strict Python).
+"""ABC validity and bar-duration consistency of tunes, by finetune.abc.check (abc2midi, else strict Python).
 
     metric = evaluate.load("metrics/abc_validity")
     metric.compute(predictions=["M:2/4\\nL:1/8\\nK:D\\nABcd|efga|\\n"])
@@ -12,7 +12,7 @@ Needs the repository root on the Python path (it imports `finetune`).
 import datasets
 import evaluate
 
-from finetune.abc_check import check_tunes
+from finetune.abc.check import check_tunes
 
 
 class AbcValidity(evaluate.Metric):

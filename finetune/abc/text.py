@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
 # A `%` starts a comment unless escaped as `\%` (ABC 2.1, section 2.2).
@@ -27,6 +28,24 @@ class Tune:
 
     text: str
     title: str
+
+
+def read_text(path: Path) -> str:
+    """A tune book's text. ABC collections predate UTF-8; fall back to Latin-1, which decodes any byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def header_length(text: str) -> int:
+    """Characters up to and including the first K: line: the header a prompt carries, the rest is the body."""
+    end = ("\n" + text).find("\nK:")
+    if end < 0:
+        return 0
+    line_end = text.find("\n", end)
+    return len(text) if line_end < 0 else line_end + 1
 
 
 def split_tunes(book: str) -> list[str]:

@@ -1,0 +1,442 @@
+"""The one reader of ABC 2.1 tune text: fed a character at a time, it knows at every point what a bar lasts.
+
+`Reader().feed(text)` then `.finish()` reads a whole tune; the sampler feeds it token by token and copies it to
+try a continuation, so it never re-reads a tune from its start. It reads header and inline fields (M: L: K: V:),
+notes with accidentals, octaves and lengths, rests, multi-bar rests, chords, broken rhythm, tuplets, grace notes,
+ties, slurs, decorations, annotations, bar lines, repeats and endings, and records:
+
+- `bars`: every bar that holds notes or rests, with its length in L: units, what M:/L: ask for, the bar lines
+  around it, whether it ends its line, and whether all of its text could be read;
+- `problems`: text that is not ABC (an unexpected character, a zero or absurd length, a malformed field).
+
+It never raises, whatever the text: a problem is recorded and reading goes on. `bar_fits` says which bars keep
+the metre, with the short bars that ABC practice writes on purpose (pickups, bars split around repeats).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import regex
+
+# Lengths and counts longer than this are not music (Python would also refuse to parse a 5,000-digit number).
+MAX_DIGITS = 4
+# The longest token read: annotations and decorations are short; an unclosed quote must not hold the line.
+MAX_TOKEN = 256
+
+METER = regex.compile(r"^\s*(?:(\d{1,4}(?:\+\d{1,4})*)\s*/\s*(\d{1,4})|(C\|?)|(none))\s*$", regex.IGNORECASE)
+UNIT = regex.compile(r"^\s*1\s*/\s*(1|2|4|8|16|32|64)\s*$")
+KEY = regex.compile(
+    r"^\s*(?:none|HP|Hp|[A-G][#b]?\s*(?:maj\w*|min\w*|m|mix\w*|dor\w*|phr\w*|lyd\w*|loc\w*|aeo\w*|ion\w*|exp\w*)?)"
+    r"(?:\s+(?:[_^=]+[a-gA-G]|\w+=\S+|[a-z]+|-?\d+))*\s*$",
+    regex.IGNORECASE,
+)
+
+# One token of a tune body (ABC 2.1, section 4). The reader takes the longest text that matches.
+TOKEN = regex.compile(
+    r"""
+    (?P<space>[ \t`y]+)
+  | (?P<continuation>\\)
+  | (?P<comment>%[^\n]*)
+  | (?P<field>\[[A-Za-z]:[^\]\n]*\])
+  | (?P<bar>:*\[?\|+\]?:*(?:\ ?\[?\d+(?:[,-]\d+)*)?|::+(?:\d+(?:[,-]\d+)*)?|\[\d+(?:[,-]\d+)*)
+  | (?P<note>(?P<acc>\^\^|\^|__|_|=)?(?P<pitch>[A-Ga-g])(?P<octave>[,']*)(?P<len>\d*/*\d*))
+  | (?P<rest>[zx](?P<rlen>\d*/*\d*))
+  | (?P<measures>[ZX](?P<count>\d*))
+  | (?P<chord_start>\[)
+  | (?P<chord_end>\](?P<clen>\d*/*\d*))
+  | (?P<grace>\{/?[^}\n]*\})
+  | (?P<symbol>"[^"\n]*")
+  | (?P<decoration>![^!\n]+!|\+[^+\n]+\+|[.~HLMOPSTuv])
+  | (?P<tuplet>\((?P<p>[2-9])(?::(?P<q>\d*))?(?::(?P<r>\d*))?)
+  | (?P<slur>[()])
+  | (?P<tie>-)
+  | (?P<broken>[<>]{1,3})
+  | (?P<overlay>&)
+    """,
+    regex.VERBOSE,
+)
+TOKEN_KINDS = ("space", "continuation", "comment", "field", "bar", "note", "rest", "measures", "chord_start",
+               "chord_end", "grace", "symbol", "decoration", "tuplet", "slur", "tie", "broken", "overlay")
+# Bar lines that open or close a section: repeats, double bars, endings.
+SECTION_BAR = regex.compile(r":|\|\||\|\]|\[\||\d")
+SECTION_START = regex.compile(r"\|:|::|\|\||\[\||\|\]")
+LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
+
+
+def parse_length(text: str) -> Fraction | None:
+    """`3/2` -> 3/2, `/` -> 1/2, `//` -> 1/4, `3` -> 3, `` -> 1 (in units of L:); None if it is no length."""
+    match = LENGTH.fullmatch(text)
+    if not match or len(match.group(1)) > MAX_DIGITS or len(match.group(3)) > MAX_DIGITS or len(match.group(2)) > MAX_DIGITS:
+        return None
+    numerator = int(match.group(1)) if match.group(1) else 1
+    slashes, denominator = match.group(2), match.group(3)
+    if not slashes:
+        return Fraction(numerator) if numerator else None
+    if denominator and int(denominator) == 0 or not numerator:
+        return None
+    return Fraction(numerator, int(denominator) if denominator else 2 ** len(slashes))
+
+
+def parse_meter(value: str) -> Fraction | None | str:
+    """The bar length as a fraction of a whole note; None for `M:none`; the string "bad" if it is no meter."""
+    match = METER.match(value)
+    if not match:
+        return "bad"
+    if match.group(1):
+        numerator, denominator = sum(int(n) for n in match.group(1).split("+")), int(match.group(2))
+        return Fraction(numerator, denominator) if numerator and denominator else "bad"
+    if match.group(3):
+        return Fraction(1) if match.group(3) == "C" else Fraction(2, 2)
+    return None
+
+
+def default_unit(meter: Fraction | None) -> Fraction:
+    """ABC 2.1, 3.1.7: 1/16 for meters below 3/4, else 1/8."""
+    return Fraction(1, 16) if meter is not None and meter < Fraction(3, 4) else Fraction(1, 8)
+
+
+def tuplet_default_q(p: int, meter: Fraction | None) -> int:
+    """ABC 2.1, 4.13: (2 is two in the time of three, (3 three in the time of two, ..."""
+    if p in (2, 4, 8):
+        return 3
+    if p in (3, 6):
+        return 2
+    compound = meter is not None and meter.numerator % 3 == 0 and meter.numerator > 3
+    return 3 if compound else 2
+
+
+@dataclass(slots=True)
+class Bar:
+    duration: Fraction  # in L: units
+    wanted: Fraction | None  # what M: and L: ask for; None under M:none
+    before: str  # the bar line that opens it
+    after: str  # the bar line that closes it ("" where a full bar ends its line without one)
+    line: int  # the line it closes on, from 1
+    readable: bool = True  # every character of it was ABC
+    line_end: bool = False  # nothing but space or comments follows its closing bar line on that line
+
+
+@dataclass
+class Reader:
+    """Reading state of one tune. Feed text with `feed`, end with `finish`; `copy()` forks it cheaply."""
+
+    meter: Fraction | None = Fraction(1)
+    unit: Fraction | None = None
+    key: str | None = None
+    key_line: bool = False  # a K: line was read (well-formed or not)
+    in_body: bool = False
+    multi_voice: bool = False
+    bars: list[Bar] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    line: int = 1
+    # the bar being read
+    current: Fraction = Fraction(0)
+    has_notes: bool = False
+    readable: bool = True
+    before: str = ""
+    # what the next notes are subject to
+    tuplet_left: int = 0
+    tuplet_ratio: Fraction = Fraction(1)
+    last_note: Fraction | None = None
+    pending_broken: Fraction = Fraction(1)
+    chord: list[Fraction] | None = None
+    # the text of the token being read, and of the field line being read
+    pending: str = ""
+    line_start: bool = True
+    field_line: str | None = None
+    content_since_bar: bool = False
+    finished: bool = False
+
+    def copy(self) -> Reader:
+        """An independent reader in the same state (bars and problems are copied lists of immutable facts)."""
+        twin = copy.copy(self)
+        twin.bars, twin.problems = list(self.bars), list(self.problems)
+        if self.bars:  # the last bar may still learn that it ends its line
+            twin.bars[-1] = copy.copy(self.bars[-1])
+        if self.chord is not None:
+            twin.chord = list(self.chord)
+        return twin
+
+    # ------------------------------------------------------------------ what the music asks for
+    def wanted(self) -> Fraction | None:
+        """The bar length in L: units that M: asks for now; None for free meter."""
+        return self.meter / (self.unit or default_unit(self.meter)) if self.meter is not None else None
+
+    def problem(self, message: str, in_bar: bool = True) -> None:
+        """Record text that is not ABC; the bar it stands in cannot be said to keep the metre."""
+        self.problems.append(f"line {self.line}: {message}")
+        if in_bar:
+            self.readable = False
+
+    # ------------------------------------------------------------------ characters in
+    def feed(self, text: str) -> Reader:
+        for ch in text:
+            self._char(ch)
+        return self
+
+    def _char(self, ch: str) -> None:
+        if self.field_line is not None:
+            if ch == "\n":
+                self._field_line(self.field_line)
+                self._end_line()
+            else:
+                self.field_line += ch
+            return
+        if ch == "\n":
+            self._end_line()
+            return
+        if self.line_start:
+            if not self.pending and ch.isascii() and ch.isalpha():
+                self.pending = ch  # a field line (`M:6/8`) or a note (`A`): the next character tells
+                return
+            if len(self.pending) == 1 and ch == ":":
+                self.field_line, self.pending, self.line_start = self.pending + ":", "", False
+                return
+            self.line_start = False
+        self._lex(ch)
+
+    def _lex(self, ch: str) -> None:
+        """Longest-match lexing: keep extending the pending token while some token could still begin so."""
+        queue = ch
+        while queue:
+            candidate = self.pending + queue[0]
+            if len(candidate) <= MAX_TOKEN and TOKEN.fullmatch(candidate, partial=True):
+                self.pending, queue = candidate, queue[1:]
+            elif not self.pending:  # no token starts with this character
+                self._unexpected(queue[0])
+                queue = queue[1:]
+            else:
+                queue = self._emit_longest() + queue
+
+    def _emit_longest(self) -> str:
+        """Emit the longest complete token at the start of `pending`; return what is left of it."""
+        text = self.pending
+        self.pending = ""
+        for end in range(len(text), 0, -1):
+            match = TOKEN.fullmatch(text[:end])
+            if match:
+                self._token(match)
+                return text[end:]
+        if text:
+            self._unexpected(text[0])
+            return text[1:]
+        return ""
+
+    def _flush(self) -> None:
+        while self.pending:
+            rest = self._emit_longest()
+            if rest:
+                self._lex_all(rest)
+
+    def _lex_all(self, text: str) -> None:
+        for ch in text:
+            self._lex(ch)
+
+    def _unexpected(self, ch: str) -> None:
+        self._music()
+        self.problem(f"unexpected {ch!r}")
+
+    def _end_line(self) -> None:
+        if self.line_start and self.pending:  # a lone letter on its line
+            self.line_start = False
+        self._flush()
+        if self.field_line is None:
+            if self.chord is not None:
+                self.problem("chord '[' not closed on its line")
+                self.chord = None
+            wanted = self.wanted()
+            if self.has_notes and self.current == wanted:
+                # A full bar at the end of a line needs no bar line: the Essen collection writes phrases that way.
+                self._close_bar("")
+                self.content_since_bar = False
+            if self.bars and not self.content_since_bar:
+                self.bars[-1].line_end = True
+        self.field_line, self.line_start, self.content_since_bar = None, True, False
+        self.line += 1
+
+    # ------------------------------------------------------------------ fields
+    def _field_line(self, text: str) -> None:
+        letter, value = text[0], text[2:].strip()
+        if not self.in_body or letter in "MLKV":
+            self._field(letter, value)
+        if letter == "K":
+            self.in_body = self.key_line = True
+
+    def _field(self, letter: str, value: str) -> None:
+        if letter == "M":
+            meter = parse_meter(value)
+            if meter == "bad":
+                self.problem(f"M:{value} is not a meter (e.g. M:6/8, M:C)", in_bar=False)
+            else:
+                self.meter = meter
+        elif letter == "L":
+            match = UNIT.match(value)
+            if match:
+                self.unit = Fraction(1, int(match.group(1)))
+            else:
+                self.problem(f"L:{value} is not a note length (e.g. L:1/8)", in_bar=False)
+        elif letter == "K":
+            if KEY.match(value):
+                self.key = value
+            else:
+                self.problem(f"K:{value} is not a key (e.g. K:D, K:Ador)", in_bar=False)
+        elif letter == "V":
+            self.multi_voice = True
+
+    # ------------------------------------------------------------------ tokens
+    def _music(self) -> None:
+        if not self.in_body:
+            self.problem("music before the K: field")
+            self.in_body = True
+
+    def _token(self, match: regex.Match) -> None:
+        kind = next(name for name in TOKEN_KINDS if match.group(name) is not None)
+        if kind in ("space", "comment", "continuation"):
+            return
+        self._music()
+        self.content_since_bar = True
+        if kind == "field":
+            letter, value = match.group()[1], match.group()[3:-1]
+            if letter in "ML":
+                self._field(letter, value)
+        elif kind == "bar":
+            if self.chord is not None:
+                self.problem("bar line inside a chord")
+                self.chord = None
+            self._close_bar(match.group())
+            self.content_since_bar = False
+        elif kind in ("note", "rest"):
+            text = match.group("len") if kind == "note" else match.group("rlen")
+            length = parse_length(text)
+            if length is None:
+                self.problem(f"{match.group()!r} has no valid length (a length is n, n/m or /, not zero)")
+                length = Fraction(1)
+            if self.chord is not None:
+                self.chord.append(length)
+            else:
+                self._add(length)
+        elif kind == "measures":
+            if len(match.group("count")) > MAX_DIGITS:
+                self.problem(f"{match.group()!r}: too many bars of rest")
+            # Z4 is four whole bars of rest: they end the bar before them and are not measured.
+            self._close_bar("|")
+        elif kind == "chord_start":
+            if self.chord is not None:
+                self.problem("'[' inside a chord")
+            self.chord = []
+        elif kind == "chord_end":
+            self._chord_end(match.group("clen"))
+        elif kind == "tuplet":
+            self._tuplet(match)
+        elif kind == "broken":
+            self._broken(match.group())
+        elif kind == "overlay":
+            self.multi_voice = True
+
+    def _chord_end(self, length_text: str) -> None:
+        if self.chord is None:
+            self.problem("']' closes no chord")
+            return
+        notes, self.chord = self.chord, None
+        if not notes:
+            self.problem("empty chord")
+            return
+        length = parse_length(length_text)
+        if length is None:
+            self.problem(f"chord length {length_text!r} is not a length")
+            length = Fraction(1)
+        self._add(notes[0] * length)
+
+    def _tuplet(self, match: regex.Match) -> None:
+        p, q_text, r_text = int(match.group("p")), match.group("q") or "", match.group("r") or ""
+        if any(len(text) > MAX_DIGITS or (text and int(text) == 0) for text in (q_text, r_text)):
+            self.problem(f"tuplet {match.group()!r} is not a tuplet (e.g. (3 or (3:2:3)")
+            return
+        q = int(q_text) if q_text else tuplet_default_q(p, self.meter)
+        self.tuplet_left, self.tuplet_ratio = int(r_text) if r_text else p, Fraction(q, p)
+
+    def _broken(self, arrows: str) -> None:
+        if self.last_note is None or not self.has_notes:
+            self.problem(f"broken rhythm {arrows!r} with no note before it")
+            return
+        if len(set(arrows)) > 1:
+            self.problem(f"mixed broken rhythm {arrows!r}")
+            return
+        shorter = Fraction(1, 2 ** len(arrows))
+        first, second = (2 - shorter, shorter) if arrows[0] == ">" else (shorter, 2 - shorter)
+        self.current += self.last_note * (first - 1)
+        self.pending_broken = second
+
+    def _add(self, length: Fraction) -> None:
+        """Account one note, rest or chord of `length` units (tuplets and broken rhythm applied here)."""
+        if self.tuplet_left:
+            length *= self.tuplet_ratio
+            self.tuplet_left -= 1
+        length *= self.pending_broken
+        self.pending_broken = Fraction(1)
+        self.current += length
+        self.last_note, self.has_notes = length, True
+
+    def _close_bar(self, mark: str) -> None:
+        if self.has_notes:
+            self.bars.append(Bar(self.current, self.wanted(), self.before, mark, self.line, self.readable))
+        self.current, self.has_notes, self.before, self.readable = Fraction(0), False, mark, True
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> Reader:
+        """End the tune: flush the last line and close the last bar. Reading more afterwards is not allowed."""
+        if not self.finished:
+            if self.pending or self.field_line is not None or self.content_since_bar or self.has_notes:
+                self._end_line()
+            if self.chord is not None:
+                self.problem("chord '[' never closed")
+            self._close_bar("|]")
+            if self.bars:
+                self.bars[-1].line_end = True
+            self.finished = True
+        return self
+
+
+def read(text: str) -> Reader:
+    """A whole tune, read."""
+    return Reader().feed(text).finish()
+
+
+def section_openings(bars: list[Bar]) -> list[int]:
+    """For each bar, the index of the first bar of its section (after the last `|:`, `::`, `||` or tune start)."""
+    openings, opening = [], 0
+    for i, bar in enumerate(bars):
+        if i and SECTION_START.search(bar.before):
+            opening = i
+        openings.append(opening)
+    return openings
+
+
+def bar_fits(bars: list[Bar], i: int, openings: list[int] | None = None) -> bool | None:
+    """Does bar i keep the metre? None when there is none to keep (M:none).
+
+    A bar fits when all of it could be read and it lasts what M: and L: ask. A short bar fits only where ABC
+    practice writes one on purpose: the opening pickup, the last bar, a bar that with its neighbour across a
+    repeat, section mark or line end makes one whole bar (a bar split around `:|` or a line break), and a
+    bar closing a section that with the section's opening pickup makes one whole bar.
+    """
+    bar = bars[i]
+    if bar.wanted is None:
+        return None
+    if not bar.readable or bar.duration > bar.wanted:
+        return False
+    if bar.duration == bar.wanted or i == 0 or i == len(bars) - 1:
+        return True
+    previous, following = bars[i - 1], bars[i + 1]
+    if (previous.line_end or SECTION_BAR.search(bar.before)) and bar.duration + previous.duration == bar.wanted:
+        return True
+    if (bar.line_end or SECTION_BAR.search(bar.after)) and bar.duration + following.duration == bar.wanted:
+        return True
+    if SECTION_BAR.search(bar.after):
+        opening = (openings or section_openings(bars))[i]
+        if opening < i and bars[opening].duration + bar.duration == bar.wanted:
+            return True
+    return False
