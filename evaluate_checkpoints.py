@@ -190,7 +190,8 @@ def main(argv: list[str]) -> int:
         usage="evaluate_checkpoints.py RUN_DIR [--split validation|test] [--num_samples N] [--seed S] ...",
     )
     parser.add_argument("run_dir", help="the output_dir of a run_finetune.py run")
-    parser.set_defaults(num_samples=64)
+    # The model's own tunes by default; `--constrain metre` scores what constrained sampling makes of them.
+    parser.set_defaults(num_samples=64, constrain="none")
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import json
+import math
 import os
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from .abc import header_length
+from .abc.constrain import MetreLogitsProcessor
 from .errors import UserError
 from .model import context_length
-from .abc import header_length
 from .packing import tokenize_batch
 
 # Header fields a prompt carries: the ones that shape the music. R: and T: join them when the recipe keeps
@@ -44,6 +46,10 @@ class SampleArguments:
     )
     seed: int = field(default=3407, metadata={"help": "Seed for sampling; the same seed gives the same tunes."})
     batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (prompts of one length share a batch)."})
+    constrain: Literal["metre", "none"] = field(
+        default="metre",
+        metadata={"help": "metre: mask tokens that would break ABC syntax or the metre (finetune/abc/constrain.py); none: the model's own tunes."},
+    )
 
     def __post_init__(self):
         """Every bad setting at once, as one line."""
@@ -125,8 +131,12 @@ def generate_tunes(
         for start in range(0, len(members), args.batch_size):
             batch = members[start : start + args.batch_size]
             input_ids = torch.tensor([encoded[i] for i in batch], device=model.device)
+            processors = LogitsProcessorList()
+            if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
+                processors.append(MetreLogitsProcessor(tokenizer, max_new_tokens=budget, keep=max(args.top_k, 16)))
             output = model.generate(
                 input_ids=input_ids,
+                logits_processor=processors,
                 attention_mask=torch.ones_like(input_ids),
                 do_sample=True,
                 temperature=args.temperature,

@@ -67,7 +67,7 @@ def shuffled_body(tune: str, rng: random.Random) -> str:
     return tune[:cut] + "".join(body)
 
 
-def untrained_samples(count: int = 64) -> list[str]:
+def untrained_samples(count: int = 64, constrain: str = "none") -> list[str]:
     """Tunes from an untrained model (the test recipe's model, fresh weights) prompted with real headers."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -82,7 +82,8 @@ def untrained_samples(count: int = 64) -> list[str]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     prompts = ["M:6/8\nL:1/8\nK:D\n", "M:4/4\nL:1/8\nK:G\n", "M:3/4\nL:1/8\nK:Ador\n", "M:2/4\nL:1/16\nK:C\n"] * (count // 4)
-    return [s.text for s in generate_tunes(model, tokenizer, prompts, SampleArguments(num_samples=count, max_new_tokens=200))]
+    args = SampleArguments(num_samples=count, max_new_tokens=200, constrain=constrain)
+    return [s.text for s in generate_tunes(model, tokenizer, prompts, args)]
 
 
 def test_bar_consistency_is_high_for_real_tunes_and_low_for_noise(corpus):

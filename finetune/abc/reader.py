@@ -143,6 +143,7 @@ class Reader:
     last_note: Fraction | None = None
     pending_broken: Fraction = Fraction(1)
     chord: list[Fraction] | None = None
+    slurs: int = 0  # slurs opened and not yet closed
     # the text of the token being read, and of the field line being read
     pending: str = ""
     line_start: bool = True
@@ -225,7 +226,8 @@ class Reader:
             return text[1:]
         return ""
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Emit the token being read, as if the text ended here (the sampler asks what a note would last now)."""
         while self.pending:
             rest = self._emit_longest()
             if rest:
@@ -242,7 +244,7 @@ class Reader:
     def _end_line(self) -> None:
         if self.line_start and self.pending:  # a lone letter on its line
             self.line_start = False
-        self._flush()
+        self.flush()
         if self.field_line is None:
             if self.chord is not None:
                 self.problem("chord '[' not closed on its line")
@@ -333,6 +335,8 @@ class Reader:
             self._tuplet(match)
         elif kind == "broken":
             self._broken(match.group())
+        elif kind == "slur":
+            self.slurs = self.slurs + 1 if match.group() == "(" else max(self.slurs - 1, 0)
         elif kind == "overlay":
             self.multi_voice = True
 

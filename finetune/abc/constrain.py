@@ -1,0 +1,336 @@
+"""Sampling that keeps the metre: a `transformers.LogitsProcessor` that masks every token that would break the tune.
+
+    processor = MetreLogitsProcessor(tokenizer, max_new_tokens=512)
+    model.generate(input_ids, do_sample=True, top_k=8, logits_processor=LogitsProcessorList([processor]), ...)
+
+At each step, for each row, it tries the likeliest tokens in order on a copy of that row's `Reader` (the one
+reader of ABC text, fed token by token, never re-reading the tune) and keeps the first `keep` that are allowed;
+every other token gets -inf, so top-k and top-p sampling, which generate applies after it, choose among allowed
+tokens only. A token is refused when its text would:
+
+- break ABC syntax as the checker reads it (any new problem the reader records);
+- make the current bar longer than M: and L: allow (tuplets, broken rhythm and chords counted). A note whose
+  length is still being written is judged by the shortest it could still become, so `c` may be followed by `/`;
+- close a bar short, except where ABC practice writes one: the opening pickup; a bar closing a section
+  (`:|`, `||`, `|]`, an ending) that with the section's pickup makes one bar, or else is completed exactly by
+  the bar after it; the last bar of the tune;
+- change M:, L: or K: (an inline field), start a field line or a second voice, or write what the checker
+  forgives in real tune books but a model has no need of: comments, non-ASCII text, free text in quotes
+  (chord symbols `"Am7"` and annotations `"^fine"` are kept), unnamed decorations, grace groups of non-notes;
+- end the tune (the end-of-sequence token) with a bar, chord, slur, tuplet or field left open.
+
+Near the token budget only tokens that close the open bar, then the end-of-sequence token, are kept, so a tune
+ends properly instead of being cut off. It works for any tokenizer: each token's text is decoded once; tokens
+that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary is
+allowed, the row is left unconstrained for that step and counted in `self.unconstrained_steps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import regex
+import torch
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+from .reader import SECTION_BAR, SECTION_START, TOKEN, Reader
+
+# An inline field (a chord opens with a note instead): it could change what the prompt set, or start a voice.
+FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
+# What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
+# Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
+# (`"Am7/G"`) and annotations (`"^fine"`) rather than free text in quotes; named decorations; notes in grace groups.
+BODY_TEXT = regex.compile(r"^[ -$&-~\n]*$")
+WRITTEN_TOKEN = regex.compile(
+    r"""
+    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][ !\#-~]{1,40})"
+  | ([!+])(?:trill|lowermordent|uppermordent|mordent|pralltriller|roll|turn|turnx|invertedturn|arpeggio|accent
+        |emphasis|fermata|invertedfermata|tenuto|[0-5]|plus|snap|slide|wedge|upbow|downbow|open|thumb|breath
+        |p{1,4}|mp|mf|f{1,4}|sfz|crescendo[()]|diminuendo[()]|segno|coda|D\.S\.|D\.C\.|dacoda|dacapo|fine
+        |shortphrase|mediumphrase|longphrase|[<>][()]|>)\1
+  | \{/?(?:[\^_=]?[A-Ga-g][,']{0,2}[1-4]?/{0,2}[2-8]?){1,8}\}
+    """,
+    regex.VERBOSE,
+)
+# Bar lines as tunes write them (`| 1`, `[|]`, `:::|` are ABC too, but no tune needs them), and note lengths:
+# up to 16 units, halved up to three times.
+WRITTEN_BAR = regex.compile(r"\||\|\||\|\]|\|:|:\||::|\[\||\|[12]|:\|[12]|:\|\]|\[[12]")
+BAR_START = regex.compile(r"^(?::|\||\[\||\[\d)")
+WRITTEN_NOTE = regex.compile(r"(?:\^\^|\^|__|_|=)?[A-Ga-gzx](?:,{1,3}|'{1,3})?(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
+WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
+WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
+WRITTEN_TUPLET = regex.compile(r"\([2-9](?::[1-9]?(?::[1-9]?)?)?")
+# Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
+SHRINKABLE = ("note", "rest", "chord_end")
+SHRINK = ("", "/", "//", "///")
+SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
+# Slurs open at once (real tunes nest two at most), and tokens left before the budget at which the processor
+# steers to an ending.
+MAX_SLURS = 2
+ENDING_MARGIN = 12
+
+
+@dataclass
+class RowState:
+    """A row's reader, with what the metre policy remembers about its bars."""
+
+    reader: Reader
+    owed: object = None  # Fraction the next bar must last to complete a bar split around a repeat
+    opening: int = 0  # index of the first bar of the current section
+    done: bool = False
+
+
+def _promised(reader: Reader) -> Fraction:
+    """The least that notes the text has already committed to will last: the note an accidental or a broken rhythm
+    calls for (after `c<`, d counts 3/2: at its shortest on the grid of eighths of a unit, 3/8) and the rest of a
+    tuplet."""
+    promised = Fraction(0)
+    if reader.pending_broken != 1 or reader.pending[:1] in ("^", "_", "="):
+        promised += SHORTEST * reader.pending_broken.numerator
+    if reader.tuplet_left:
+        promised += SHORTEST * reader.tuplet_ratio * reader.tuplet_left
+    return promised
+
+
+def _reachable(reader: Reader, limit: Fraction) -> bool:
+    """Can the open bar still end at exactly `limit`? The notes promised must fit, and outside a tuplet the bar
+    must hold whole eighths of a unit, which written notes can complete (after `(3abc2`, 8/3 units, only another
+    tuplet could)."""
+    if reader.current + _promised(reader) > limit:
+        return False
+    return bool(reader.tuplet_left) or (reader.current / SHORTEST).denominator == 1
+
+
+def _written_as_tunes_write(pending: str) -> bool:
+    """Could the token being read still become one that real tunes write (see WRITTEN_*)?"""
+    if not pending:
+        return True
+    first = pending[0]
+    if first in '"!+{':
+        return bool(WRITTEN_TOKEN.fullmatch(pending, partial=True))
+    if BAR_START.match(pending):
+        return bool(WRITTEN_BAR.fullmatch(pending, partial=True))
+    if first == "]":
+        return bool(WRITTEN_CHORD_END.fullmatch(pending, partial=True))
+    if first == "(" and len(pending) > 1:
+        return bool(WRITTEN_TUPLET.fullmatch(pending, partial=True))
+    if first in "^_=zxABCDEFGabcdefg":
+        return bool(WRITTEN_NOTE.fullmatch(pending, partial=True))
+    if first in "ZX":
+        return bool(WRITTEN_MEASURES.fullmatch(pending, partial=True))
+    return True
+
+
+class MetreLogitsProcessor(LogitsProcessor):
+    """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, keep: int = 16):
+        self.eos = tokenizer.eos_token_id
+        self.keep, self.max_new_tokens = keep, max_new_tokens
+        special = set(tokenizer.all_special_ids)
+        self.texts: list[str | None] = []
+        for token_id in range(len(tokenizer)):
+            text = None if token_id in special else tokenizer.decode([token_id])
+            self.texts.append(text if text and "\ufffd" not in text else None)
+        self.close_slur = self.texts.index(")") if ")" in self.texts else None
+        self.tokenizer = tokenizer
+        self.rows: list[RowState] | None = None
+        self.prompt_length = 0
+        self.unconstrained_steps = 0
+
+    # ------------------------------------------------------------------ per step
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.rows is None:
+            self.prompt_length = input_ids.shape[1]
+            self.rows = [RowState(Reader()) for _ in range(input_ids.shape[0])]
+            for state, row in zip(self.rows, input_ids.tolist()):
+                self._feed(state, self.tokenizer.decode(row, skip_special_tokens=True))
+        else:
+            for state, token_id in zip(self.rows, input_ids[:, -1].tolist()):
+                self._advance(state, token_id)
+        left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
+        mask = torch.full_like(scores, float("-inf"))
+        order = scores.argsort(dim=-1, descending=True).tolist()
+        for row, state in enumerate(self.rows):
+            if state.done:
+                mask[row] = 0
+                continue
+            allowed = self._allowed(state, order[row], ending=left <= ENDING_MARGIN)
+            if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
+                self.unconstrained_steps += 1
+                allowed = [t for t in order[row][:64] if self.texts[t] and self._try(state, self.texts[t], metre=False)]
+            mask[row, allowed or slice(None)] = 0
+        return scores + mask
+
+    def _advance(self, state: RowState, token_id: int) -> None:
+        """Feed the token a row has just sampled, and update what the bar policy remembers."""
+        if state.done or token_id == self.eos:
+            state.done = True
+            return
+        self._feed(state, self.texts[token_id] or "")
+
+    def _feed(self, state: RowState, text: str) -> None:
+        closed = len(state.reader.bars)
+        state.reader.feed(text)
+        verdict = self._close_bars(state, state.reader, since=closed)
+        state.owed, state.opening = verdict if verdict is not None else (None, len(state.reader.bars))
+
+    def _allowed(self, state: RowState, order: list[int], ending: bool) -> list[int]:
+        allowed = []
+        if ending:  # near the budget: end now, else close slurs, else the bar, else finish the token being written
+            if self._may_end(state):
+                return [self.eos]
+            if state.reader.slurs and self.close_slur is not None and self._try(state, ")") is not None:
+                return [self.close_slur]
+            closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
+            if closing:
+                return closing[: self.keep]
+            settling = [t for t in order if self.texts[t] and self._settles(state, self.texts[t])]
+            if settling:
+                return settling[: self.keep]
+        for token_id in order:
+            if token_id == self.eos:
+                if self._may_end(state):
+                    allowed.append(token_id)
+            elif self.texts[token_id] is not None and self._try(state, self.texts[token_id]) is not None:
+                allowed.append(token_id)
+            if len(allowed) == self.keep:
+                break
+        return allowed
+
+    # ------------------------------------------------------------------ the policy
+    def _try(self, state: RowState, text: str, metre: bool = True):
+        """(owed, opening) after `text` if it is allowed, else None; with `metre` False, judge the syntax only."""
+        before = state.reader
+        if before.in_body and not BODY_TEXT.match(text):
+            return None
+        reader = before.copy().feed(text)
+        if len(reader.problems) > len(before.problems) or reader.multi_voice or reader.slurs > MAX_SLURS:
+            return None
+        if before.in_body and (
+            reader.field_line is not None
+            or FIXED_INLINE_FIELD.match(reader.pending)
+            # a letter that opens a line is held until the next character says field or note: it must be a note
+            or (reader.line_start and reader.pending and not TOKEN.fullmatch(reader.pending, partial=True))
+            or not _written_as_tunes_write(reader.pending)
+        ):
+            return None
+        complete = TOKEN.fullmatch(reader.pending) if reader.pending else None
+        if reader.pending and complete is None and BAR_START.match(reader.pending):
+            # half a bar line (`:` of `:|`): allowed if a character more makes an allowed one
+            return next((v for c in "|:]" if (v := self._try(state, text + c)) is not None), None) if len(text) < 8 else None
+        if reader.pending and complete is None:
+            done = reader  # a token still being written (`"Am`, `!tr`): it lasts nothing, and is judged once whole
+        else:
+            done = reader.copy()
+            done.flush()
+            if len(done.problems) > len(before.problems):
+                return None
+        if done.multi_voice or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key):
+            return None
+        if not metre:
+            return state.owed, state.opening
+        verdict = self._close_bars(state, done)
+        if verdict is None:
+            if complete is not None and complete.group("bar") is not None:
+                return self._bar_may_grow(state, reader)  # `|` may yet become `||`, `|]` or `|:`
+            return None
+        owed, _ = verdict
+        wanted = done.wanted()
+        if wanted is not None and not self._room(before, reader, done, owed if owed is not None else wanted):
+            return None
+        return verdict
+
+    @staticmethod
+    def _room(before: Reader, reader: Reader, done: Reader, limit) -> bool:
+        """Can the open bar still keep within `limit`: as it stands, or once the note or chord being written is
+        shortened (`c` -> `c/`, `[ce]` -> `[ce]/`), as far as tunes shorten notes (three halvings)?"""
+        if done.chord is None and _reachable(done, limit):
+            return True
+        complete = TOKEN.fullmatch(reader.pending) if reader.pending else None
+        shrinkable = complete is not None and any(complete.group(kind) is not None for kind in SHRINKABLE)
+        for suffix in SHRINK if shrinkable else ("",):
+            probe = reader.copy().feed(suffix)
+            probe.flush()
+            closings = [""] if probe.chord is None else ["]" + s for s in SHRINK]
+            for closing in closings:
+                closed = probe.copy().feed(closing) if closing else probe
+                closed.flush()
+                if len(closed.problems) == len(before.problems) and closed.chord is None and _reachable(closed, limit):
+                    return True
+        return False
+
+    def _close_bars(self, state: RowState, done: Reader, since: int | None = None):
+        """(owed, opening) after the bars `done` closed since the row's reader (or bar `since`); None if one may not."""
+        owed, opening = state.owed, state.opening
+        for index in range(len(state.reader.bars) if since is None else since, len(done.bars)):
+            verdict = self._bar_closes(done.bars, index, owed, opening)
+            if verdict is None:
+                return None
+            owed, opening = verdict
+        return owed, opening
+
+    def _bar_may_grow(self, state: RowState, reader: Reader):
+        """A bar line refused as it stands (`|`) is kept if one more character makes it an allowed one (`|]`)."""
+        for extra in ("]", ":", "|"):
+            done = reader.copy().feed(extra)
+            done.flush()
+            if len(done.problems) == len(state.reader.problems) and self._close_bars(state, done) is not None:
+                return state.owed, state.opening
+        return None
+
+    @staticmethod
+    def _bar_closes(bars, index: int, owed, opening: int):
+        """(owed, opening) once bar `index` has closed, if ABC practice allows it to close as it is; else None."""
+        bar = bars[index]
+        next_opening = index + 1 if SECTION_START.search(bar.after) else opening
+        if bar.wanted is None:
+            return None, next_opening
+        if not bar.readable or bar.duration > (owed if owed is not None else bar.wanted):
+            return None
+        if owed is not None:
+            return (None, next_opening) if bar.duration == owed else None
+        if bar.duration == bar.wanted or index == 0:
+            return None, next_opening
+        if not SECTION_BAR.search(bar.after):
+            return None
+        if opening < index and bars[opening].duration + bar.duration == bar.wanted:
+            return None, next_opening
+        return bar.wanted - bar.duration, next_opening
+
+    def _closes_bar(self, state: RowState, text: str) -> bool:
+        """Near the budget: does `text` close the open bar (as the tune's last bar, which may be short)?"""
+        before = state.reader
+        done = before.copy().feed(text)
+        done.flush()
+        if len(done.problems) > len(before.problems) or done.chord is not None or len(done.bars) <= len(before.bars):
+            return False
+        last = done.bars[-1]
+        return not done.has_notes and (last.wanted is None or last.duration <= (state.owed or last.wanted))
+
+    def _settles(self, state: RowState, text: str) -> bool:
+        """Near the budget: is `text` allowed and does it leave no token, chord or group half-written?"""
+        if self._try(state, text) is None:
+            return False
+        reader = state.reader.copy().feed(text)
+        return (not reader.pending or TOKEN.fullmatch(reader.pending) is not None) and reader.chord is None
+
+    def _may_end(self, state: RowState) -> bool:
+        """The tune may end here: in the body, after a bar line, with nothing left open."""
+        reader = state.reader
+        if not reader.in_body or not reader.bars or reader.field_line is not None:
+            return False
+        done = reader.copy()
+        done.flush()
+        last = done.bars[-1]
+        # the last bar may be short (it balances the pickup, or simply ends the tune), never long
+        if len(done.bars) > len(reader.bars) and last.wanted is not None and last.duration > (state.owed or last.wanted):
+            return False
+        return (
+            len(done.problems) == len(reader.problems)
+            and not done.has_notes
+            and done.chord is None
+            and done.slurs == 0
+            and done.tuplet_left == 0
+        )
