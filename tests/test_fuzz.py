@@ -72,12 +72,12 @@ def test_checker_flags_the_inputs_that_used_to_raise():
 
 @pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)")
 def test_abc2midi_checker_survives_mutated_tunes(corpus):
-    """abc2midi runs on 200 mutated tunes, NUL and non-ASCII included, and every one gets a verdict."""
+    """abc2midi runs on 120 mutated tunes, NUL and non-ASCII included, and every one gets a verdict."""
     rng = random.Random(1)
-    tunes = [mutate(t, rng, ABC_PIECES, rng.randint(1, 6)) for t in list(corpus["validation"])[:200]]
+    tunes = [mutate(t, rng, ABC_PIECES, rng.randint(1, 6)) for t in list(corpus["validation"])[:120]]
     results = check_tunes(tunes, "abc2midi")
-    assert len(results) == 200 and all(r["checker"] == "abc2midi" for r in results)
-    assert sum(not r["valid"] for r in results) > 100
+    assert len(results) == 120 and all(r["checker"] == "abc2midi" for r in results)
+    assert sum(not r["valid"] for r in results) > 60
 
 
 def test_checker_command_reads_random_bytes_as_tunes(tmp_path):

@@ -6,8 +6,8 @@ prints one JSON object per tune: {"file", "index", "title", "checker", "valid", 
 "bars_off"}, and exits 0 (tunes that fail are findings, not failures of the command).
 
 Syntax is judged by `abc2midi` (Debian package abcmidi, the strictest checker in common use; it always
-exits 0, so its "Error" lines are read) when it is on PATH, and otherwise by the strict parser below.
-Bar durations are always measured by the parser below, so both checkers count bars the same way.
+exits 0, so its "Error" lines are read) when it is on PATH, and otherwise by the problems the one ABC reader
+(reader.py) records. Bar durations are always measured by that reader, so both checkers count bars alike.
 
 A bar counts when it holds notes or rests, and is *off* when it could not all be read, or its duration
 differs from what `M:` and `L:` ask for, except for the short bars that ABC practice writes on purpose

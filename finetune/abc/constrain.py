@@ -68,7 +68,9 @@ SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
 # Slurs open at once (real tunes nest two at most), and tokens left before the budget at which the processor
 # steers to an ending.
 MAX_SLURS = 2
-ENDING_MARGIN = 12
+ENDING_MARGIN = 24
+# Near the budget nothing new opens (no slur, chord, tuplet, quote, grace or decoration): notes, rests, bar lines.
+PLAIN_TEXT = regex.compile(r"^[A-Ga-gzx0-9/,'^_= |:\]\)\n]+$")
 
 
 @dataclass
@@ -178,17 +180,19 @@ class MetreLogitsProcessor(LogitsProcessor):
 
     def _allowed(self, state: RowState, order: list[int], ending: bool) -> list[int]:
         allowed = []
-        if ending:  # near the budget: end now, else close slurs, else the bar, else finish the token being written
+        if ending:  # near the budget: end now, else close slurs, finish the token being written, close the bar
             if self._may_end(state):
                 return [self.eos]
             if state.reader.slurs and self.close_slur is not None and self._try(state, ")") is not None:
                 return [self.close_slur]
+            if state.reader.pending and TOKEN.fullmatch(state.reader.pending) is None:
+                settling = [t for t in order if self.texts[t] and self._settles(state, self.texts[t])]
+                if settling:
+                    return settling[: self.keep]
+            order = [t for t in order if self.texts[t] is None or PLAIN_TEXT.match(self.texts[t])]
             closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
             if closing:
                 return closing[: self.keep]
-            settling = [t for t in order if self.texts[t] and self._settles(state, self.texts[t])]
-            if settling:
-                return settling[: self.keep]
         for token_id in order:
             if token_id == self.eos:
                 if self._may_end(state):
@@ -333,4 +337,5 @@ class MetreLogitsProcessor(LogitsProcessor):
             and done.chord is None
             and done.slurs == 0
             and done.tuplet_left == 0
+            and done.pending_broken == 1
         )
