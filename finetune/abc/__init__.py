@@ -4,6 +4,7 @@ the metre. It imports nothing else of this project; everything else imports it.
     text.py    tune books: bytes to text, tunes split and cleaned, the header/body boundary
     reader.py  the one reader of tune text, incremental: tokens, durations, bars, which bars keep the metre
     check.py   the strict checker (abc2midi or the reader), also `python -m finetune.abc.check FILE...`
+    constrain.py  MetreLogitsProcessor: sampling that keeps ABC syntax and the metre, on the same reader
 """
 
 from .text import DEFAULT_KEEP_FIELDS, FIELD_LINE, Tune, clean_tune, header_length, read_text, split_tunes

@@ -21,8 +21,8 @@ tokens only. A token is refused when its text would:
 
 Near the token budget only tokens that close the open bar, then the end-of-sequence token, are kept, so a tune
 ends properly instead of being cut off. It works for any tokenizer: each token's text is decoded once; tokens
-that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary is
-allowed, the row is left unconstrained for that step and counted in `self.unconstrained_steps`.
+that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary keeps
+the metre, the row keeps only the syntax for that step (its bar will be off), counted in `self.unconstrained_steps`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ BAR_START = regex.compile(r"^(?::|\||\[\||\[\d)")
 WRITTEN_NOTE = regex.compile(r"(?:\^\^|\^|__|_|=)?[A-Ga-gzx](?:,{1,3}|'{1,3})?(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
-WRITTEN_TUPLET = regex.compile(r"\([2-9](?::[1-9]?(?::[1-9]?)?)?")
+WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
 # Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
 SHRINKABLE = ("note", "rest", "chord_end")
 SHRINK = ("", "/", "//", "///")
@@ -161,8 +161,8 @@ class MetreLogitsProcessor(LogitsProcessor):
             allowed = self._allowed(state, order[row], ending=left <= ENDING_MARGIN)
             if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
                 self.unconstrained_steps += 1
-                allowed = [t for t in order[row][:64] if self.texts[t] and self._try(state, self.texts[t], metre=False)]
-            mask[row, allowed or slice(None)] = 0
+                allowed = [t for t in order[row] if self.texts[t] and self._try(state, self.texts[t], metre=False)]
+            mask[row, allowed or [self.eos]] = 0
         return scores + mask
 
     def _advance(self, state: RowState, token_id: int) -> None:
@@ -183,16 +183,18 @@ class MetreLogitsProcessor(LogitsProcessor):
         if ending:  # near the budget: end now, else close slurs, finish the token being written, close the bar
             if self._may_end(state):
                 return [self.eos]
-            if state.reader.slurs and self.close_slur is not None and self._try(state, ")") is not None:
+            writing = state.reader.pending and TOKEN.fullmatch(state.reader.pending) is None
+            if state.reader.slurs and not writing and self.close_slur is not None and self._try(state, ")") is not None:
                 return [self.close_slur]
-            if state.reader.pending and TOKEN.fullmatch(state.reader.pending) is None:
+            if writing:  # a token half-written (`"Am`, `!tri`): complete it if one token can, else go on writing it
                 settling = [t for t in order if self.texts[t] and self._settles(state, self.texts[t])]
                 if settling:
                     return settling[: self.keep]
-            order = [t for t in order if self.texts[t] is None or PLAIN_TEXT.match(self.texts[t])]
-            closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
-            if closing:
-                return closing[: self.keep]
+            else:
+                order = [t for t in order if self.texts[t] is None or PLAIN_TEXT.match(self.texts[t])]
+                closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
+                if closing:
+                    return closing[: self.keep]
         for token_id in order:
             if token_id == self.eos:
                 if self._may_end(state):
@@ -235,6 +237,8 @@ class MetreLogitsProcessor(LogitsProcessor):
             return None
         if not metre:
             return state.owed, state.opening
+        if len(done.bars) > len(before.bars) and done.tuplet_left:
+            return None  # a bar line inside a tuplet
         verdict = self._close_bars(state, done)
         if verdict is None:
             if complete is not None and complete.group("bar") is not None:
@@ -310,8 +314,15 @@ class MetreLogitsProcessor(LogitsProcessor):
         done.flush()
         if len(done.problems) > len(before.problems) or done.chord is not None or len(done.bars) <= len(before.bars):
             return False
-        last = done.bars[-1]
-        return not done.has_notes and (last.wanted is None or last.duration <= (state.owed or last.wanted))
+        return not done.has_notes and self._may_close_last(state, done.bars[-1])
+
+    @staticmethod
+    def _may_close_last(state: RowState, bar) -> bool:
+        """The tune's last bar may be short (it balances the pickup, or simply ends the tune), never long; after a
+        bar split around a repeat it must be that bar's other half."""
+        if bar.wanted is None:
+            return True
+        return bar.duration == state.owed if state.owed is not None else bar.duration <= bar.wanted
 
     def _settles(self, state: RowState, text: str) -> bool:
         """Near the budget: is `text` allowed and does it leave no token, chord or group half-written?"""
@@ -327,9 +338,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             return False
         done = reader.copy()
         done.flush()
-        last = done.bars[-1]
-        # the last bar may be short (it balances the pickup, or simply ends the tune), never long
-        if len(done.bars) > len(reader.bars) and last.wanted is not None and last.duration > (state.owed or last.wanted):
+        if len(done.bars) > len(reader.bars) and not self._may_close_last(state, done.bars[-1]):
             return False
         return (
             len(done.problems) == len(reader.problems)
