@@ -61,7 +61,8 @@ WRITTEN_NOTE = regex.compile(r"(?:\^\^|\^|__|_|=)?[A-Ga-gzx](?:,{1,3}|'{1,3})?(?
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
 WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
-# How a note whose length is being written can still shrink (`c` -> `c/`).
+# Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
+SHRINKABLE = ("note", "rest", "chord_end")
 SHRINK = ("", "/", "//", "///")
 SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
 # Slurs open at once (real tunes nest two at most), and tokens left before the budget at which the processor
@@ -256,10 +257,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         if done.chord is None and _reachable(done, limit):
             return True
         complete = TOKEN.fullmatch(reader.pending) if reader.pending else None
-        # Only a note whose length is still bare (`c`, `c/`) may count on shrinking: once a model writes `c2` where
-        # one unit is left, halving it again would spell `c2/`, which says `c` the long way round.
-        length = complete and next((complete.group(g) for g in ("len", "rlen", "clen") if complete.group(g) is not None), None)
-        shrinkable = length is not None and not length[:1].isdigit()
+        shrinkable = complete is not None and any(complete.group(kind) is not None for kind in SHRINKABLE)
         for suffix in SHRINK if shrinkable else ("",):
             probe = reader.copy().feed(suffix)
             probe.flush()
