@@ -19,8 +19,9 @@ tokens only. A token is refused when its text would:
   (chord symbols `"Am7"` and annotations `"^fine"` are kept), unnamed decorations, grace groups of non-notes;
 - end the tune (the end-of-sequence token) with a bar, chord, slur, tuplet or field left open.
 
-Near the token budget only tokens that close the open bar, then the end-of-sequence token, are kept, so a tune
-ends properly instead of being cut off. It works for any tokenizer: each token's text is decoded once; tokens
+In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of being cut off: the end-of-sequence
+token as soon as it is allowed, else a slur closed, a half-written token finished, the open bar closed (it may be
+short, as the last bar), with plain notes, rests and bar lines only. It works for any tokenizer: each token's text is decoded once; tokens
 that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary keeps
 the metre, the row keeps only the syntax for that step (its bar will be off), counted in `self.unconstrained_steps`.
 """
@@ -78,7 +79,7 @@ class RowState:
     """A row's reader, with what the metre policy remembers about its bars."""
 
     reader: Reader
-    owed: object = None  # Fraction the next bar must last to complete a bar split around a repeat
+    owed: Fraction | None = None  # what the next bar must last to complete a bar split around a repeat
     opening: int = 0  # index of the first bar of the current section
     done: bool = False
 

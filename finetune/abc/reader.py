@@ -199,9 +199,8 @@ class Reader:
             self.line_start = False
         self._lex(ch)
 
-    def _lex(self, ch: str) -> None:
+    def _lex(self, queue: str) -> None:
         """Longest-match lexing: keep extending the pending token while some token could still begin so."""
-        queue = ch
         while queue:
             candidate = self.pending + queue[0]
             if len(candidate) <= MAX_TOKEN and TOKEN.fullmatch(candidate, partial=True):
@@ -231,11 +230,7 @@ class Reader:
         while self.pending:
             rest = self._emit_longest()
             if rest:
-                self._lex_all(rest)
-
-    def _lex_all(self, text: str) -> None:
-        for ch in text:
-            self._lex(ch)
+                self._lex(rest)
 
     def _unexpected(self, ch: str) -> None:
         self._music()
