@@ -133,7 +133,9 @@ def generate_tunes(
             input_ids = torch.tensor([encoded[i] for i in batch], device=model.device)
             processors = LogitsProcessorList()
             if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
-                processors.append(MetreLogitsProcessor(tokenizer, max_new_tokens=budget, keep=max(args.top_k, 16)))
+                # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
+                keep = args.top_k if args.top_k else 64
+                processors.append(MetreLogitsProcessor(tokenizer, max_new_tokens=budget, keep=keep))
             output = model.generate(
                 input_ids=input_ids,
                 logits_processor=processors,
