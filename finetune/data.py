@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
 from .args import BUILTIN_DATASET, DataArguments
@@ -27,14 +29,36 @@ BUILTIN_DIR = REPO_ROOT / "data" / "music21_abc"
 SPLITS = ("train", "validation", "test")
 ABC_SUFFIXES = (".abc", ".txt")
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Worker processes cost ~1 s to start: below this many tunes one process is faster (the bundled corpus: 13k).
+PARALLEL_FROM_TUNES = 50_000
+
+
+def content_key(text: str) -> int:
+    """The first 8 bytes of the text's SHA-256, as a signed 64-bit number (an Arrow int64): it names a tune
+    for deduplication (a collision among a million tunes has odds of 1 in 30 million) and picks its split."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def splits_of_keys(keys: np.ndarray, held_out_percent: int) -> np.ndarray:
+    """'train', 'validation' or 'test' for each content key: `held_out_percent`% each for the last two."""
+    bucket = keys.astype(np.int64).view(np.uint64) % 100
+    return np.where(bucket < held_out_percent, "validation", np.where(bucket < 2 * held_out_percent, "test", "train"))
 
 
 def split_of(text: str, held_out_percent: int) -> str:
-    """'train', 'validation' or 'test' from the tune's content hash: `held_out_percent`% each for the last two."""
-    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
-    if bucket < held_out_percent:
-        return "validation"
-    return "test" if bucket < 2 * held_out_percent else "train"
+    return str(splits_of_keys(np.array([content_key(text)]), held_out_percent)[0])
+
+
+def worker_count(data_args: DataArguments, tunes: int) -> int | None:
+    """`preprocessing_num_workers`, or when unset, every core for a large corpus and one process for a small one."""
+    if data_args.preprocessing_num_workers is not None:
+        return data_args.preprocessing_num_workers
+    return len(os.sched_getaffinity(0)) if tunes >= PARALLEL_FROM_TUNES else None
+
+
+def numeric_columns(ds: datasets.Dataset, names: list[str]) -> dict[str, np.ndarray]:
+    """Whole numeric columns as numpy arrays (a few bytes a tune), without building Python lists."""
+    return ds.select_columns(names).with_format("numpy")[:]
 
 
 def music21_corpus_root() -> Path:
@@ -187,26 +211,31 @@ def _clean_one(text, keep_fields: str, clean_abc: bool) -> Tune | str:
 
 def _clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
     results = [_clean_one(text, keep_fields, clean_abc) for text in batch["text"]]
+    texts = [r.text if isinstance(r, Tune) else "" for r in results]
     return {
-        "text": [r.text if isinstance(r, Tune) else "" for r in results],
+        "text": texts,
         "skip_reason": ["" if isinstance(r, Tune) else r for r in results],
+        "key": [content_key(text) for text in texts],
     }
 
 
 def _drop_duplicates(splits: dict[str, datasets.Dataset], skipped: Counter) -> None:
-    """Keep the first copy of each tune text, in train, validation, test order: held-out tunes stay unseen."""
-    seen = set()
-    for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else -1):
-        keep = []
-        for i, text in enumerate(splits[split]["text"]):
-            if text not in seen:
-                seen.add(text)
-                keep.append(i)
-        skipped["exact duplicate"] += len(splits[split]) - len(keep)
-        if len(keep) < len(splits[split]):
+    """Keep the first copy of each tune, in train, validation, test order: held-out tunes stay unseen.
+
+    Tunes are compared by content key, 8 bytes a tune, so memory does not hold the texts.
+    """
+    order = sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else -1)
+    keys = [numeric_columns(splits[split], ["key"])["key"] for split in order]
+    _, first = np.unique(np.concatenate(keys), return_index=True)
+    is_first = np.zeros(sum(len(k) for k in keys), dtype=bool)
+    is_first[first] = True
+    start = 0
+    for split, split_keys in zip(order, keys):
+        keep = np.flatnonzero(is_first[start : start + len(split_keys)])
+        start += len(split_keys)
+        if len(keep) < len(split_keys):
+            skipped["exact duplicate"] += len(split_keys) - len(keep)
             splits[split] = splits[split].select(keep)
-    if not skipped["exact duplicate"]:
-        del skipped["exact duplicate"]
 
 
 def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> tuple[datasets.DatasetDict, dict]:
@@ -216,18 +245,26 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
     for split, ds in raw.items():
         if len(ds) == 0:  # an empty file: datasets.map would not even add the skip_reason column
             continue
-        ds = ds.map(_clean_batch, batched=True, fn_kwargs={"keep_fields": data_args.keep_fields, "clean_abc": data_args.clean_abc}, desc=f"clean {split}")
-        skipped.update(reason for reason in ds["skip_reason"] if reason)
-        cleaned[split] = ds.filter(lambda row: not row["skip_reason"]).remove_columns("skip_reason")
+        ds = ds.map(
+            _clean_batch,
+            batched=True,
+            fn_kwargs={"keep_fields": data_args.keep_fields, "clean_abc": data_args.clean_abc},
+            num_proc=worker_count(data_args, len(ds)),
+            desc=f"clean {split}",
+        )
+        reasons = ds.select_columns(["skip_reason"]).with_format("arrow")[:].column(0)
+        skipped.update({r["values"]: r["counts"] for r in pc.value_counts(reasons).to_pylist() if r["values"]})
+        cleaned[split] = ds.select(np.flatnonzero(pc.equal(reasons, "").to_numpy(zero_copy_only=False)))
+        cleaned[split] = cleaned[split].remove_columns("skip_reason")
     if sum(len(ds) for ds in cleaned.values()) == 0:
         raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
     _drop_duplicates(cleaned, skipped)
     if "validation" not in cleaned:
         pool = datasets.concatenate_datasets([cleaned.pop(s) for s in list(cleaned) if s != "test"])
         pct = data_args.validation_split_percentage
-        pool = pool.map(lambda row: {"split": split_of(row["text"], pct)})
+        assigned = splits_of_keys(numeric_columns(pool, ["key"])["key"], pct)
         for split in ("train", "validation") if "test" in cleaned else SPLITS:
-            cleaned[split] = pool.filter(lambda row, s=split: row["split"] == s).remove_columns("split")
+            cleaned[split] = pool.select(np.flatnonzero(assigned == split))
     if len(cleaned.get("train", [])) == 0:
         raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
     if len(cleaned["validation"]) == 0:
@@ -241,4 +278,4 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         cleaned["validation"] = cleaned["validation"].select(
             range(min(data_args.max_eval_samples, len(cleaned["validation"])))
         )
-    return datasets.DatasetDict(cleaned), dict(skipped)
+    return datasets.DatasetDict({split: ds.remove_columns("key") for split, ds in cleaned.items()}), dict(skipped)

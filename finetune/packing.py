@@ -4,22 +4,41 @@ A row holds several tunes back to back. Each tune's `position_ids` restart at 0;
 and no KV cache, transformers turns those restarts into a block-diagonal causal mask (sdpa, eager,
 flash and flex attention alike), so no tune attends to another. The first token of each tune (`<s>`)
 gets label -100: it is not predicted from the tune before it (with `train_on: body`, neither is the
-header). Padding fills the rest of a row, masked
-the same way. Both steps run through `datasets.map`, so their results are cached on disk.
+header). Padding fills the rest of a row, masked the same way.
+
+Both steps run through `datasets.map`, so their results are cached on disk, and both work on bounded
+batches: tokenizing holds `TOKENIZE_BATCH` tunes at a time and packing `PACK_WINDOW`, so the memory of
+preparation does not grow with the corpus. Statistics are read from numeric columns, never from the
+token lists.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 
 import datasets
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .abc import header_length
 from .args import DataArguments
+from .data import numeric_columns, worker_count
 
 IGNORE_INDEX = -100
+# Rows are packed from this many consecutive tunes at a time. With 20,000 tunes to choose from, best-fit
+# leaves no more padding than over a whole split (measured on 100,000 tunes: 2.90% either way), and a
+# window's token lists take ~200 MB, whatever the corpus size.
+PACK_WINDOW = 20_000
+TOKENIZE_BATCH = 1_000  # datasets.map's default
+
+TOKENIZED = datasets.Features({
+    "input_ids": datasets.Sequence(datasets.Value("int32")),
+    "masked": datasets.Value("int32"),  # leading tokens that are not targets: <s>, and the header for train_on=body
+    "length": datasets.Value("int32"),
+    "num_chars": datasets.Value("int32"),
+    "num_unk": datasets.Value("int32"),
+})
+PACKED = datasets.Features({name: datasets.Sequence(datasets.Value("int32")) for name in ("input_ids", "labels", "position_ids")})
 
 
 def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -28,7 +47,8 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, train_on: str = "all") -> dict:
-    """`<s>` tune `</s>` with labels, for every tokenizer (GPT-2 style ones use end-of-text for both ends).
+    """`<s>` tune `</s>`, and how many leading tokens are not targets, for every tokenizer (GPT-2 style ones
+    use end-of-text for both ends).
 
     The header and the body are tokenized apart so that the boundary is a token boundary whatever the
     tokenizer; the header ends in a newline, so this is how any tokenizer would cut it anyway.
@@ -39,18 +59,18 @@ def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, train_on: st
     encode = lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
     headers = encode([text[:cut] for text, cut in zip(batch["text"], cuts)])
     bodies = encode([text[cut:] for text, cut in zip(batch["text"], cuts)])
-    input_ids, labels = [], []
-    for header, body in zip(headers, bodies):
-        ids = [bos, *header, *body, tokenizer.eos_token_id]
-        masked = 1 + (len(header) if train_on == "body" else 0)
-        input_ids.append(ids)
-        labels.append([IGNORE_INDEX] * masked + ids[masked:])
+    input_ids = [[bos, *header, *body, tokenizer.eos_token_id] for header, body in zip(headers, bodies)]
     return {
         "input_ids": input_ids,
-        "labels": labels,
+        "masked": [1 + (len(header) if train_on == "body" else 0) for header in headers],
+        "length": [len(ids) for ids in input_ids],
         "num_chars": [len(text) for text in batch["text"]],
         "num_unk": [ids.count(tokenizer.unk_token_id) if tokenizer.unk_token_id is not None else 0 for ids in input_ids],
     }
+
+
+def labels_of(ids: list[int], masked: int) -> list[int]:
+    return [IGNORE_INDEX] * masked + ids[masked:]
 
 
 def fit_to_length(sequences: list[list[int]], labels: list[list[int]], max_len: int, policy: str):
@@ -73,11 +93,11 @@ def fit_to_length(sequences: list[list[int]], labels: list[list[int]], max_len: 
     return out_ids, out_labels
 
 
-def tokens_kept(length: int, max_len: int, policy: str) -> int:
-    """How many of a tune's tokens reach the rows under the overlong-tune policy."""
-    if length <= max_len:
-        return length
-    return {"truncate": max_len, "split": length, "drop": 0}[policy]
+def tokens_kept(lengths: np.ndarray, max_len: int, policy: str) -> int:
+    """How many of the tunes' tokens reach the rows under the overlong-tune policy."""
+    fits = lengths <= max_len
+    over = {"truncate": max_len, "split": lengths, "drop": 0}[policy]
+    return int(np.where(fits, lengths, over).sum())
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -122,8 +142,9 @@ def pack_rows(sequences: list[list[int]], labels: list[list[int]], block_size: i
     return rows
 
 
-def _pack_batch(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
-    ids, labels = fit_to_length(batch["input_ids"], batch["labels"], block_size, policy)
+def _pack_window(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
+    labels = [labels_of(ids, masked) for ids, masked in zip(batch["input_ids"], batch["masked"])]
+    ids, labels = fit_to_length(batch["input_ids"], labels, block_size, policy)
     return pack_rows(ids, labels, block_size, pad_id)
 
 
@@ -135,39 +156,45 @@ def tokenize_and_pack(
     splits: tuple[str, ...] = ("train", "validation"),
 ) -> tuple[datasets.DatasetDict, dict]:
     """Packed rows of `splits`, and per-split statistics for the run plan."""
-    tunes = datasets.DatasetDict({split: tunes[split] for split in splits})
-    tokenized = tunes.map(
-        tokenize_batch,
-        batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "train_on": data_args.train_on},
-        remove_columns=tunes[splits[0]].column_names,
-        num_proc=data_args.preprocessing_num_workers,
-        desc="tokenize",
-    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy = data_args.overlong_tunes
     packed, stats = {}, {}
     for split in splits:
-        ds = tokenized[split]
-        lengths = [len(ids) for ids in ds["input_ids"]]
-        packed[split] = ds.map(
-            _pack_batch,
+        workers = worker_count(data_args, len(tunes[split]))
+        tokenized = tunes[split].map(
+            tokenize_batch,
             batched=True,
-            batch_size=None,  # bin packing needs the whole split at once
-            fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": data_args.overlong_tunes},
-            remove_columns=ds.column_names,
+            batch_size=TOKENIZE_BATCH,
+            fn_kwargs={"tokenizer": tokenizer, "train_on": data_args.train_on},
+            remove_columns=tunes[split].column_names,
+            features=TOKENIZED,
+            num_proc=workers,
+            desc=f"tokenize {split}",
+        )
+        packed[split] = tokenized.map(
+            _pack_window,
+            batched=True,
+            batch_size=PACK_WINDOW,
+            fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": policy},
+            remove_columns=tokenized.column_names,
+            features=PACKED,
+            num_proc=workers if workers and len(tokenized) > PACK_WINDOW else None,
             desc=f"pack {split}",
         )
-        overlong = [n for n in lengths if n > block_size]
-        kept_tokens = sum(tokens_kept(n, block_size, data_args.overlong_tunes) for n in lengths)
+        columns = numeric_columns(tokenized, ["length", "num_chars", "num_unk"])
+        lengths = columns["length"].astype(np.int64)
+        overlong = lengths[lengths > block_size]
+        kept = tokens_kept(lengths, block_size, policy)
+        rows = len(packed[split])
         stats[split] = {
             "tunes": len(lengths),
-            "tokens": sum(lengths),
-            "chars": sum(ds["num_chars"]),
-            "tunes_with_unknown_chars": sum(1 for n in ds["num_unk"] if n),
+            "tokens": int(lengths.sum()),
+            "chars": int(columns["num_chars"].sum()),
+            "tunes_with_unknown_chars": int(np.count_nonzero(columns["num_unk"])),
             "overlong_tunes": len(overlong),
-            "overlong_pieces": sum(math.ceil(n / block_size) for n in overlong),
-            "tokens_in_rows": kept_tokens,
-            "rows": len(packed[split]),
-            "padding_share": 1 - kept_tokens / (len(packed[split]) * block_size) if len(packed[split]) else 0.0,
+            "overlong_pieces": int((-(-overlong // block_size)).sum()),
+            "tokens_in_rows": kept,
+            "rows": rows,
+            "padding_share": 1 - kept / (rows * block_size) if rows else 0.0,
         }
     return datasets.DatasetDict(packed), stats
