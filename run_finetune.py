@@ -26,6 +26,7 @@ from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
 from finetune.run_dir import check_disk_space, check_output_dir, write_run_files
+from finetune.streaming import StreamPasses, check_stream_resume, clean_streams, tokenize_and_pack_stream
 
 
 def main(argv: list[str]) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str]) -> int:
     resume_from = training_args.resume_from_checkpoint or check_output_dir(
         training_args.output_dir, recipe.resolved, run_args.allow_recipe_change
     )
+    if data_args.streaming and resume_from:
+        check_stream_resume(resume_from)
     config = load_config(model_args)
     block_size = resolve_block_size(data_args.max_seq_length, config)
     set_seed(training_args.seed)
@@ -44,8 +47,12 @@ def main(argv: list[str]) -> int:
     ########## data: clean tunes, tokenize, pack (cached by datasets; the main process goes first)
     tokenizer = load_tokenizer(model_args, block_size)
     with training_args.main_process_first(desc="prepare data"):
-        tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
-        lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
+        if data_args.streaming:  # read, cleaned, tokenized and packed while training; sizes estimated
+            tunes, skipped = clean_streams(load_raw_splits(data_args), data_args), {}
+            lm_datasets, data_stats = tokenize_and_pack_stream(tunes, tokenizer, block_size, data_args, training_args.seed)
+        else:
+            tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
+            lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
 
     ########## model and plan
@@ -73,7 +80,7 @@ def main(argv: list[str]) -> int:
         processing_class=tokenizer,
         compute_metrics=TokenMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=[LossPlotCallback()],
+        callbacks=[LossPlotCallback(), *([StreamPasses()] if data_args.streaming else [])],
     )
     if trainer.is_world_process_zero():
         write_run_files(training_args.output_dir, recipe.resolved, ["run_finetune.py", *argv])

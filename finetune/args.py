@@ -117,7 +117,19 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N validation tunes (before packing)."}
     )
     preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+        default=None,
+        metadata={
+            "help": "Processes for cleaning, tokenizing and packing (datasets.map num_proc). Unset: every core for "
+            "a split of 50,000 tunes or more, one process below that (starting workers costs more than it saves)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read, clean, tokenize and pack tunes on the fly (datasets.IterableDataset) instead of preparing "
+            "an Arrow cache first: for corpora too large to copy to disk. Needs max_steps; packs best-fit over "
+            "buffers of 20,000 tunes; does not deduplicate; the plan's sizes are estimates. See the README."
+        },
     )
 
 

@@ -111,19 +111,19 @@ def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> d
     return stats
 
 
-def _abc_records(paths: list[Path]) -> list[dict]:
-    return [
-        {"text": raw, "source": f"{path.name}#{index}"}
-        for path in paths
-        for index, raw in enumerate(split_tunes(read_text(path)))
-    ]
+def _abc_records(paths: list[Path]):
+    for path in paths:
+        for index, raw in enumerate(split_tunes(read_text(path))):
+            yield {"text": raw, "source": f"{path.name}#{index}"}
 
 
-def _load_files(paths: list[Path], text_column: str) -> datasets.Dataset:
+def _load_files(paths: list[Path], text_column: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
     """One dataset with a `text` column from files of one kind (ABC text, or a table format)."""
     suffixes = {p.suffix for p in paths}
     if suffixes <= set(ABC_SUFFIXES):
-        return datasets.Dataset.from_list(_abc_records(paths) or [{"text": "", "source": ""}]).filter(
+        if streaming:
+            return datasets.IterableDataset.from_generator(_abc_records, gen_kwargs={"paths": paths})
+        return datasets.Dataset.from_list(list(_abc_records(paths)) or [{"text": "", "source": ""}]).filter(
             lambda row: bool(row["text"])
         )
     if len(suffixes) > 1 or not suffixes <= set(TABLE_BUILDERS):
@@ -133,7 +133,7 @@ def _load_files(paths: list[Path], text_column: str) -> datasets.Dataset:
     level = datasets_logger.level
     datasets_logger.setLevel(logging.CRITICAL)  # a file it cannot read is reported below, in one line
     try:
-        table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train")
+        table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
     except Exception as e:  # datasets and pyarrow raise many types for a file they cannot read
         if _holds_no_rows(paths, builder) or "corresponds to no data" in str(e):
             raise UserError(f"{paths[0]}: no rows; add tunes to the file") from None
@@ -159,8 +159,8 @@ def _holds_no_rows(paths: list[Path], builder: str) -> bool:
     return False
 
 
-def _text_column(table: datasets.Dataset, text_column: str, where) -> datasets.Dataset:
-    if text_column not in table.column_names:
+def _text_column(table, text_column: str, where):
+    if table.column_names is not None and text_column not in table.column_names:  # a stream may not know yet
         raise UserError(
             f"{where}: no column '{text_column}' (columns: {', '.join(table.column_names)}); set 'text_column'"
         )
@@ -169,32 +169,33 @@ def _text_column(table: datasets.Dataset, text_column: str, where) -> datasets.D
     return table
 
 
-def _local_splits(path: Path, text_column: str) -> dict[str, datasets.Dataset]:
+def _local_splits(path: Path, text_column: str, streaming: bool = False) -> dict:
     if path.is_file():
-        return {"all": _load_files([path], text_column)}
+        return {"all": _load_files([path], text_column, streaming)}
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (*ABC_SUFFIXES, *TABLE_BUILDERS))
     if not files:
         raise UserError(f"{path}: no .abc/.txt/.jsonl/.json/.csv/.parquet files in this folder")
     named = {split: [p for p in files if p.stem == split] for split in SPLITS}
     if named["train"]:
-        return {split: _load_files(paths, text_column) for split, paths in named.items() if paths}
-    return {"all": _load_files(files, text_column)}
+        return {split: _load_files(paths, text_column, streaming) for split, paths in named.items() if paths}
+    return {"all": _load_files(files, text_column, streaming)}
 
 
-def load_raw_splits(data_args: DataArguments) -> dict[str, datasets.Dataset]:
-    """The source's splits, each with a `text` column of raw tunes (cleaning comes next)."""
+def load_raw_splits(data_args: DataArguments) -> dict:
+    """The source's splits, each with a `text` column of raw tunes (cleaning comes next): `Dataset`s, or
+    `IterableDataset`s with `streaming: true`."""
     name = data_args.dataset_name_or_path
     if name == BUILTIN_DATASET:
         if not (BUILTIN_DIR / "stats.json").is_file():
             print(f"Preparing the music21 ABC corpus into {BUILTIN_DIR} (once) ...", flush=True)
             stats = prepare_music21()
             print(f"  kept {stats['tunes_kept']}, skipped {stats['skipped']}", flush=True)
-        return _local_splits(BUILTIN_DIR, "text")
+        return _local_splits(BUILTIN_DIR, "text", data_args.streaming)
     path = Path(name).expanduser()
     if path.exists():
-        return _local_splits(path, data_args.text_column)
+        return _local_splits(path, data_args.text_column, data_args.streaming)
     try:
-        hub = datasets.load_dataset(name)
+        hub = datasets.load_dataset(name, streaming=data_args.streaming)
     except Exception as e:  # datasets raises many types for "not found" and "offline"
         raise UserError(f"dataset '{name}': not a local path and could not be loaded from the hub ({type(e).__name__})") from None
     return {split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()}
@@ -209,7 +210,7 @@ def _clean_one(text, keep_fields: str, clean_abc: bool) -> Tune | str:
     return clean_tune(text, keep_fields=keep_fields) if clean_abc else Tune(text=text, title="")
 
 
-def _clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
+def clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
     results = [_clean_one(text, keep_fields, clean_abc) for text in batch["text"]]
     texts = [r.text if isinstance(r, Tune) else "" for r in results]
     return {
@@ -246,7 +247,7 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         if len(ds) == 0:  # an empty file: datasets.map would not even add the skip_reason column
             continue
         ds = ds.map(
-            _clean_batch,
+            clean_batch,
             batched=True,
             fn_kwargs={"keep_fields": data_args.keep_fields, "clean_abc": data_args.clean_abc},
             num_proc=worker_count(data_args, len(ds)),

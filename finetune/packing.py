@@ -142,7 +142,7 @@ def pack_rows(sequences: list[list[int]], labels: list[list[int]], block_size: i
     return rows
 
 
-def _pack_window(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
+def pack_window(batch: dict, block_size: int, pad_id: int, policy: str) -> dict:
     labels = [labels_of(ids, masked) for ids, masked in zip(batch["input_ids"], batch["masked"])]
     ids, labels = fit_to_length(batch["input_ids"], labels, block_size, policy)
     return pack_rows(ids, labels, block_size, pad_id)
@@ -172,7 +172,7 @@ def tokenize_and_pack(
             desc=f"tokenize {split}",
         )
         packed[split] = tokenized.map(
-            _pack_window,
+            pack_window,
             batched=True,
             batch_size=PACK_WINDOW,
             fn_kwargs={"block_size": block_size, "pad_id": pad_id, "policy": policy},

@@ -50,6 +50,18 @@ def _every(steps: float, total: int) -> int:
     return math.ceil(steps * total) if 0 < steps < 1 else int(steps)
 
 
+def _add_stream_estimate(plan: Plan, split: str, s: dict, block_size: int) -> None:
+    plan.lines.append(
+        f"  {split:<16} streamed; ESTIMATED from its first {s['estimated_from']} tunes: {s['tokens_per_tune']:.0f} "
+        f"tokens and {s['chars_per_tune']:.0f} chars a tune, {s['overlong_share']:.1%} over {block_size} tokens, "
+        f"{s['padding_share']:.1%} padding"
+    )
+    if s["tunes_with_unknown_chars"]:
+        plan.warnings.append(
+            f"{s['tunes_with_unknown_chars']} of the first {s['estimated_from']} {split} tunes have characters the tokenizer maps to <unk>"
+        )
+
+
 def make_plan(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -68,6 +80,9 @@ def make_plan(
     add(f"  model            {model}{base}: {_count(total)} parameters{adapters}")
     add(f"  data             {data_args.dataset_name_or_path}; rows of {block_size} tokens (max_seq_length)")
     for split, s in data_stats.items():
+        if "estimated_from" in s:
+            _add_stream_estimate(plan, split, s, block_size)
+            continue
         add(
             f"  {split:<16} {s['tunes']} tunes, {_count(s['tokens'])} tokens, {_count(s['chars'])} chars -> "
             f"{s['rows']} packed rows, {s['padding_share']:.1%} padding"
@@ -83,22 +98,28 @@ def make_plan(
             plan.warnings.append(
                 f"{s['tunes_with_unknown_chars']} {split} tunes have characters the tokenizer maps to <unk>"
             )
-    rows = data_stats["train"]["rows"]
-    micro, per_epoch = steps_per_epoch(rows, training_args)
-    if training_args.max_steps > 0:
+    ga, world = training_args.gradient_accumulation_steps, training_args.world_size
+    batch_rows = training_args.per_device_train_batch_size * ga * world
+    train = data_stats["train"]
+    if "estimated_from" in train:  # a stream: its length is unknown, max_steps sets the run
+        total = training_args.max_steps
+        tunes = total * batch_rows * block_size * (1 - train["padding_share"]) / train["kept_tokens_per_tune"]
+        length = f"max_steps {total}, about {_count(tunes)} tunes at the estimated size (streamed: epochs unknown)"
+    elif training_args.max_steps > 0:
+        micro, per_epoch = steps_per_epoch(train["rows"], training_args)
         total = training_args.max_steps
         length = f"max_steps {total} (= {total / per_epoch:.2f} epochs)"
     else:
+        micro, per_epoch = steps_per_epoch(train["rows"], training_args)
         total = math.ceil(training_args.num_train_epochs * per_epoch)
         length = f"num_train_epochs {training_args.num_train_epochs:g}"
     plan.total_steps = total
-    ga, world = training_args.gradient_accumulation_steps, training_args.world_size
-    batch_rows = training_args.per_device_train_batch_size * ga * world
     add(
         f"  batch            {training_args.per_device_train_batch_size} rows x {ga} accumulation x {world} "
         f"process(es) = {batch_rows} rows = {_count(batch_rows * block_size)} tokens per optimizer step"
     )
-    add(f"  epoch            {micro} micro-batches per process = {per_epoch} optimizer steps")
+    if "estimated_from" not in train:
+        add(f"  epoch            {micro} micro-batches per process = {per_epoch} optimizer steps")
     add(f"  length           {length}: {total} optimizer steps in all")
     warm = warmup_steps(training_args, total)
     share = f"{warm / total:.0%} of the run" if warm <= total else "longer than the run"

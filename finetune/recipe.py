@@ -229,6 +229,8 @@ def _value_problems(ns: dict) -> list[str]:
     for key in ("logging_steps", "save_steps", "eval_steps"):
         if ns[key] is not None and ns[key] <= 0:
             problems.append(f"'{key}' must be positive, got {ns[key]}")
+    if ns["streaming"] and ns["max_steps"] <= 0:
+        problems.append("'streaming' reads a corpus of unknown length: set 'max_steps' (or turn 'streaming' off)")
     if ns["bf16"] and ns["fp16"]:
         problems.append("'bf16' and 'fp16' are both true; keep one (bf16 where the hardware has it)")
     if ns["max_seq_length"] is not None and ns["max_seq_length"] < 2:
