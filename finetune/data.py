@@ -7,6 +7,7 @@ they do not move when files are added or reordered, and an exact duplicate can n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -129,21 +130,33 @@ def _load_files(paths: list[Path], text_column: str, streaming: bool = False) ->
     if len(suffixes) > 1 or not suffixes <= set(TABLE_BUILDERS):
         raise UserError(f"mixed or unknown data file types {sorted(suffixes)}; use one of {', '.join(TABLE_BUILDERS)} or .abc/.txt")
     builder = TABLE_BUILDERS[suffixes.pop()]
-    datasets_logger = logging.getLogger("datasets")
-    level = datasets_logger.level
-    datasets_logger.setLevel(logging.CRITICAL)  # a file it cannot read is reported below, in one line
     try:
-        table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
+        with quiet_datasets_logger():  # a file it cannot read is reported below, in one line
+            table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
     except Exception as e:  # datasets and pyarrow raise many types for a file they cannot read
         if _holds_no_rows(paths, builder) or "corresponds to no data" in str(e):
             raise UserError(f"{paths[0]}: no rows; add tunes to the file") from None
-        while e.__cause__ is not None or e.__context__ is not None:  # the reader's own words, not datasets' wrapper
-            e = e.__cause__ or e.__context__
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise UserError(f"{paths[0]}: not readable as {builder} ({reason}); check the file's format") from None
-    finally:
-        datasets_logger.setLevel(level)
+        raise UserError(f"{paths[0]}: not readable as {builder} ({root_reason(e)}); check the file's format") from None
     return _text_column(table, text_column, paths[0].parent)
+
+
+@contextlib.contextmanager
+def quiet_datasets_logger():
+    """datasets logs a file it cannot read before raising; the caller reports it instead, in one line."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def root_reason(error: BaseException) -> str:
+    """The innermost exception's last line: the reader's own words, not datasets' wrapper."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
 
 
 def _holds_no_rows(paths: list[Path], builder: str) -> bool:

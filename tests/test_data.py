@@ -146,3 +146,63 @@ def test_bad_tunes_are_skipped_with_reasons_and_the_run_goes_on(tmp_path, capsys
     args = DataArguments(dataset_name_or_path=str(data), validation_split_percentage=20)
     splits, _ = clean_splits(load_raw_splits(args), args)
     assert sum(len(s) for s in splits.values()) == len(good) + 2  # the long tune and the Latin-1 one are usable
+
+
+def test_a_stream_packs_the_same_tunes_as_the_prepared_corpus(tmp_path, monkeypatch):
+    """streaming: true over the bundled corpus yields rows that hold exactly the training tunes the map-style
+    path packs (the corpus is one buffer, so the very same rows, in shuffled order), and the estimate is near."""
+    from test_packing import packed_tunes
+
+    from finetune.packing import tokenize_and_pack
+    from finetune.streaming import clean_streams, tokenize_and_pack_stream
+    from finetune.tokenizer import build_abc_tokenizer
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    tokenizer = build_abc_tokenizer(256)
+    args = DataArguments(max_eval_samples=200)
+    tunes, _ = clean_splits(load_raw_splits(args), args)
+    rows, stats = tokenize_and_pack(tunes, tokenizer, 256, args)
+    streamed_args = DataArguments(max_eval_samples=200, streaming=True)
+    streams = clean_streams(load_raw_splits(streamed_args), streamed_args)
+    streamed, estimate = tokenize_and_pack_stream(streams, tokenizer, 256, streamed_args, seed=0)
+    train = [row for row in streamed["train"]]
+    assert sorted(map(tuple, (row["input_ids"] for row in train))) == sorted(map(tuple, rows["train"]["input_ids"]))
+    assert [row["input_ids"] for row in train] != rows["train"]["input_ids"][:]  # shuffled, not in packing order
+    assert sorted(packed_tunes({k: [r[k] for r in streamed["validation"]] for k in train[0]})) == sorted(
+        packed_tunes(rows["validation"][:])
+    )
+    per_tune = stats["train"]["tokens"] / stats["train"]["tunes"]
+    assert abs(estimate["train"]["tokens_per_tune"] - per_tune) < 0.1 * per_tune
+    assert abs(estimate["train"]["padding_share"] - stats["train"]["padding_share"]) < 0.05
+
+
+def test_a_stream_without_a_validation_split_is_hash_split_like_the_prepared_one(tmp_path):
+    """The same JSONL file, streamed or prepared: the same tunes land in train and in validation."""
+    from finetune.streaming import clean_streams
+
+    path = tmp_path / "tunes.jsonl"
+    path.write_text("".join(json.dumps({"text": f"M:4/4\nK:C\n{'CDEF' * (1 + i % 5)}G{i}|\n"}) + "\n" for i in range(400)))
+    args, streamed_args = DataArguments(dataset_name_or_path=str(path)), DataArguments(dataset_name_or_path=str(path), streaming=True)
+    prepared, _ = clean_splits(load_raw_splits(args), args)
+    streams = clean_streams(load_raw_splits(streamed_args), streamed_args)
+    for split in ("train", "validation"):
+        assert [row["text"] for row in streams[split]] == prepared[split]["text"]
+    assert 0 < len(prepared["validation"]) < 60
+
+
+def test_an_unreadable_stream_is_one_line_before_training(tmp_path):
+    """A corrupt file met only while streaming is reported when the plan reads its first tunes, in one line."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_RECIPE
+
+    path = tmp_path / "tunes.jsonl"
+    path.write_text('{"text": "K:C\\nCDE|\\n"}\n{"text": broken\n')
+    result = subprocess.run(
+        [sys.executable, "run_finetune.py", TINY_RECIPE, "--dataset_name_or_path", path, "--streaming", "true",
+         "--max_steps", "2", "--output_dir", tmp_path / "out"], cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "stream failed" in result.stderr and "tunes.jsonl" in result.stderr
+    assert not (tmp_path / "out").exists()

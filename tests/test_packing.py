@@ -7,7 +7,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from finetune.abc import header_length
-from finetune.packing import IGNORE_INDEX, best_fit_decreasing, fit_to_length, pack_rows, tokenize_batch
+from finetune.packing import (
+    IGNORE_INDEX,
+    best_fit_decreasing,
+    fit_to_length,
+    labels_of,
+    pack_rows,
+    pack_window,
+    tokenize_batch,
+)
 from finetune.tokenizer import build_abc_tokenizer
 
 
@@ -24,7 +32,7 @@ def test_best_fit_decreasing_places_every_item_once_within_capacity():
 def test_rows_restart_positions_and_mask_each_tune_start_and_padding():
     tokenizer = build_abc_tokenizer(64)
     tunes = tokenize_batch({"text": ["K:C\nC|\n", "K:D\nd|\n"]}, tokenizer)
-    rows = pack_rows(tunes["input_ids"], tunes["labels"], block_size=20, pad_id=0)
+    rows = pack_window(tunes, block_size=20, pad_id=0, policy="truncate")
     first, second = tunes["input_ids"]
     assert rows["input_ids"] == [first + second + [0] * (20 - len(first) - len(second))]
     assert rows["position_ids"] == [[*range(len(first)), *range(len(second)), *range(20 - len(first) - len(second))]]
@@ -37,7 +45,8 @@ def test_train_on_body_masks_the_header_through_the_k_line():
     text = "M:6/8\nK:D\nABc|\n"
     assert header_length(text) == len("M:6/8\nK:D\n")
     tune = tokenize_batch({"text": [text]}, tokenizer, train_on="body")
-    ids, labels = tune["input_ids"][0], tune["labels"][0]
+    ids = tune["input_ids"][0]
+    labels = labels_of(ids, tune["masked"][0])
     masked = 1 + len(tokenizer("M:6/8\nK:D\n", add_special_tokens=False)["input_ids"])
     assert labels[:masked] == [IGNORE_INDEX] * masked and labels[masked:] == ids[masked:]
     assert tokenizer.decode(ids[masked:], skip_special_tokens=True) == "ABc|\n"
@@ -84,3 +93,48 @@ def test_a_tune_in_a_packed_row_has_the_logits_it_has_alone(model_type, corpus, 
         mixed = model(input_ids=torch.tensor(rows["input_ids"]), use_cache=False).logits[0]
         first = len(max(tunes, key=len))
         assert not torch.allclose(mixed[first : first + 5], packed[first : first + 5], atol=1e-3)
+
+
+def packed_tunes(rows) -> list[list[int]]:
+    """The token runs of each row, cut where position_ids restart, padding left out."""
+    tunes = []
+    for ids, positions, labels in zip(rows["input_ids"], rows["position_ids"], rows["labels"]):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+        for a, b in zip(starts, starts[1:]):
+            if any(label != IGNORE_INDEX for label in labels[a:b]):
+                tunes.append(ids[a:b])
+    return tunes
+
+
+def test_windowed_packing_keeps_every_tune_once_and_its_statistics_exact(monkeypatch, tmp_path):
+    """Packing in windows of tunes: every tune lands once, whole; the statistics read from numeric columns
+    equal those counted from the token lists; padding stays near a single window's; workers change nothing."""
+    import datasets
+
+    from finetune import packing
+    from finetune.args import DataArguments
+    from finetune.data import clean_splits, load_raw_splits
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    args = DataArguments(max_train_samples=3000, max_eval_samples=300)
+    tunes, _ = clean_splits(load_raw_splits(args), args)
+    tokenizer = build_abc_tokenizer(256)
+    whole, whole_stats = packing.tokenize_and_pack(tunes, tokenizer, 256, args)
+    monkeypatch.setattr(packing, "PACK_WINDOW", 500)
+    windowed, stats = packing.tokenize_and_pack(tunes, tokenizer, 256, args)
+    two = DataArguments(max_train_samples=3000, max_eval_samples=300, preprocessing_num_workers=2)
+    parallel, _ = packing.tokenize_and_pack(tunes, tokenizer, 256, two)
+    assert parallel["train"][:] == windowed["train"][:]
+
+    train = windowed["train"][:]
+    assert {len(row) for name in train for row in train[name]} == {256}
+    expected = tokenize_batch({"text": tunes["train"]["text"]}, tokenizer)["input_ids"]
+    assert sorted(packed_tunes(train)) == sorted(ids[:256] for ids in expected)
+    lengths = [len(ids) for ids in expected]
+    assert stats["train"]["tunes"] == len(expected) and stats["train"]["tokens"] == sum(lengths)
+    assert stats["train"]["overlong_tunes"] == sum(n > 256 for n in lengths)
+    assert stats["train"]["tokens_in_rows"] == sum(min(n, 256) for n in lengths)
+    assert stats["train"]["chars"] == sum(len(t) for t in tunes["train"]["text"])
+    # Six windows of 500 tunes against one of 3000: at most a few rows more (the last, part-filled ones).
+    assert whole_stats["train"]["rows"] <= stats["train"]["rows"] <= whole_stats["train"]["rows"] + 6
+    assert isinstance(windowed["train"], datasets.Dataset)

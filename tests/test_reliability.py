@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,3 +125,36 @@ def test_save_total_limit_keeps_only_the_newest_checkpoints(tmp_path):
     run_finetune(TINY_RECIPE, "--max_steps", 6, "--save_steps", 2, "--save_total_limit", 2, "--bf16", "false",
                  "--max_train_samples", 16, "--eval_steps", 100, "--output_dir", out)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+
+def streamed(out, train_tunes, steps=6):
+    return [str(TINY_RECIPE), "--streaming", "true", "--max_train_samples", str(train_tunes), "--max_steps", str(steps),
+            "--save_steps", "3", "--eval_steps", "100", "--logging_steps", "1", "--max_seq_length", "128",
+            "--optim", "adamw_torch", "--bf16", "false", "--output_dir", str(out)]
+
+
+def cut_back_to_first_checkpoint(out):
+    """What a run killed between its first and second checkpoint leaves behind."""
+    for later in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[1:]:
+        shutil.rmtree(later)
+    for name in ("model.safetensors", "trainer_state.json"):
+        (out / name).unlink()
+
+
+def test_a_streamed_run_resumes_exactly_in_its_first_pass_and_is_refused_past_it(tmp_path):
+    """Trainer replays a stream and skips the trained batches: exact within the first pass over the data (same
+    weights and losses as an unbroken run); a checkpoint from a later pass is refused in one line."""
+    run_finetune(*streamed(tmp_path / "unbroken", 64))
+    run_finetune(*streamed(tmp_path / "cut", 64))
+    cut_back_to_first_checkpoint(tmp_path / "cut")
+    assert "Resuming from" in run_finetune(*streamed(tmp_path / "cut", 64)).stdout
+    expected, resumed = weights(tmp_path / "unbroken"), weights(tmp_path / "cut")
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "unbroken")
+
+    run_finetune(*streamed(tmp_path / "passes", 4))  # 4 tunes make 2 steps a pass: step 3 is in pass 2
+    cut_back_to_first_checkpoint(tmp_path / "passes")
+    refused = subprocess.run([sys.executable, "run_finetune.py", *streamed(tmp_path / "passes", 4)], cwd=REPO,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "saved in pass 2" in refused.stderr
