@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --quick        # ~2 min on a 2-core CPU
     python benchmarks/run.py                # adds the music_abc and 100M models, longer runs (~30 min)
+    python benchmarks/run.py --data-scale 100000,1000000   # data preparation at scale only (~5 min)
 
 Every figure is a ratio to a baseline measured in the same run on the same machine, so it holds on a
 noisy shared machine. Results go to benchmarks/results/<host-or-device>.json and are printed as a table.
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -224,6 +226,86 @@ def generation_tokens_per_second(model, tokenizer, new_tokens: int, use_cache: b
     return new_tokens / (time.perf_counter() - start)
 
 
+########## 8. data at scale: a dry run's time and memory over a corpus 10x larger
+
+
+def synthetic_corpus(tunes: int, path: Path) -> None:
+    """`tunes` distinct copies of the bundled training tunes as JSONL: each copy gets a title of its own
+    (kept by `keep_fields` ...T), so deduplication keeps them all."""
+    from finetune.data import BUILTIN_DIR, load_raw_splits
+    from finetune.args import DataArguments
+
+    load_raw_splits(DataArguments())  # prepares the bundled corpus on first use
+    source = [json.loads(line)["text"] for line in (BUILTIN_DIR / "train.jsonl").open()]
+    with path.open("w") as f:
+        f.writelines(json.dumps({"text": f"T:copy {i}\n{source[i % len(source)]}"}) + "\n" for i in range(tunes))
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(Pss, anonymous Pss) in bytes of a process and its descendants, from /proc/*/smaps_rollup.
+
+    Pss shares each page among the processes that map it, so forked workers are not counted twice, and
+    the anonymous part leaves out the memory-mapped Arrow cache, which the kernel can drop at will.
+    """
+    import psutil
+
+    total = anon = 0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    for proc in procs:
+        try:
+            rollup = Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in rollup}
+        total, anon = total + fields["Pss"], anon + fields["Pss_Anon"]
+    return total, anon
+
+
+def dry_run_at_scale(recipe: str, data: Path, cache: str) -> dict:
+    """Seconds, peak memory and tokens of `run_finetune.py --dry_run` over `data` with a fresh datasets cache."""
+    env = {**os.environ, "HF_DATASETS_CACHE": cache, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    command = [sys.executable, "run_finetune.py", recipe, "--dry_run", "--dataset_name_or_path", str(data),
+               "--keep_fields", "MLKRQPT", "--output_dir", tempfile.mkdtemp()]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, peak_anon = 0, 0
+    while process.poll() is None:
+        total, anon = tree_memory(process.pid)
+        peak, peak_anon = max(peak, total), max(peak_anon, anon)
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    stdout, stderr = process.communicate()
+    if process.returncode:
+        raise RuntimeError(stderr[-2000:])
+    scale = {"": 1, "k": 1e3, "M": 1e6, "B": 1e9}
+    tokens = sum(float(n) * scale[unit] for n, unit in re.findall(r"tunes, ([\d.]+)([kMB]?) tokens", stdout))
+    return {"seconds": seconds, "peak": peak / 2**20, "peak_anon": peak_anon / 2**20, "tokens": tokens}
+
+
+def data_at_scale(recipe: str, sizes: list[int]) -> None:
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tunes in sizes:
+            data = Path(tmp) / f"{tunes}.jsonl"
+            synthetic_corpus(tunes, data)
+            runs[tunes] = dry_run_at_scale(recipe, data, f"{tmp}/cache-{tunes}")
+            data.unlink()
+    small, large = runs[sizes[0]], runs[sizes[-1]]
+    settings = {"tunes": sizes, "recipe": recipe, "note": "Pss of the process tree, sampled every 50 ms"}
+    record(f"dry run over {sizes[-1]} tunes: peak memory vs {sizes[0]}", large["peak"], "MiB",
+           baseline=small["peak"], settings=settings, target="<= 3 GiB and <= 1.5x")
+    record(f"dry run over {sizes[-1]} tunes: peak anonymous memory vs {sizes[0]}", large["peak_anon"], "MiB",
+           baseline=small["peak_anon"], settings={**settings, "note": "without the memory-mapped Arrow cache"})
+    record(f"dry run over {sizes[-1]} tunes: seconds vs {sizes[0]}", large["seconds"], "s",
+           baseline=small["seconds"], settings=settings, target=f"linear: ~{sizes[-1] / sizes[0]:g}x")
+    record(f"dry run over {sizes[-1]} tunes: preparation tokens/s", large["tokens"] / large["seconds"], "tokens/s",
+           settings={**settings, "note": "all tokens over the whole dry run, Python start-up included"},
+           target=">= 1M on 2 cores")
+
+
 def markdown_table(device: str, results: list[dict]) -> str:
     """The results as the README quotes them."""
     def fmt(x):
@@ -242,12 +324,19 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/music_abc_quick.json", help="the model and data to measure")
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/<host>.json)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per throughput run")
+    parser.add_argument("--data-scale", default=None, metavar="N,N",
+                        help="only measure a dry run's time and memory over N synthetic tunes each, e.g. 100000,1000000")
     args = parser.parse_args()
     steps = args.steps or (8 if args.quick else 20)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.node()}-cpu"
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"{device.replace(' ', '_')}.json")
+    name = device.replace(" ", "_") + ("-data-scale" if args.data_scale else "")
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"{name}.json")
     print(f"Benchmarks on {device} ({os.cpu_count()} CPUs), torch {torch.__version__}, recipe {args.recipe}", flush=True)
     run_start = time.perf_counter()
+    if args.data_scale:
+        data_at_scale(args.recipe, [int(n) for n in args.data_scale.split(",")])
+        write_results(out, device, args.quick, run_start)
+        return
 
     # 1. peak
     size, repeats = (1024, 3) if args.quick else (2048, 5)
@@ -319,9 +408,13 @@ def main() -> None:
     record("validation bits per character after training", bpc, "bits/char",
            settings={"trained_tokens": int(trained), "learning_rate": parsed.training_args.learning_rate})
 
+    write_results(out, device, args.quick, run_start)
+
+
+def write_results(out: Path, device: str, quick: bool, run_start: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device, "cpus": os.cpu_count(), "torch": torch.__version__,
-                               "quick": args.quick, "seconds": time.perf_counter() - run_start,
+                               "quick": quick, "seconds": time.perf_counter() - run_start,
                                "results": RESULTS}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown_table(device, RESULTS))
     print(f"Wrote {out} ({time.perf_counter() - run_start:.0f} s, peak RSS "

@@ -29,3 +29,19 @@ def test_benchmark_harness_writes_every_measurement(tmp_path):
             assert abs(record["ratio"] - record["value"] / record["baseline"]) < 1e-9
     # 8-bit optimizer state is smaller than 32-bit state on any model with a large enough tensor.
     assert results["optimizer state, adamw_8bit vs adamw_torch"]["ratio"] < 1
+
+
+def test_data_scale_benchmark_measures_a_real_dry_run(tmp_path):
+    """The data-at-scale section builds distinct synthetic tunes, runs real dry runs and reads their memory."""
+    out = tmp_path / "scale.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--data-scale", "1000,3000", "--out", str(out)],  # the quick recipe
+        cwd=REPO, check=True, capture_output=True,
+    )
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert len(results) == 4
+    memory = results["dry run over 3000 tunes: peak memory vs 1000"]
+    assert 100 < memory["baseline"] <= memory["value"] < 8000  # MiB: a Python process with torch, and no more
+    # All 3000 tunes survive deduplication: the plan's tokens are three times the 1000-tune run's.
+    rate = results["dry run over 3000 tunes: preparation tokens/s"]
+    assert rate["value"] * results["dry run over 3000 tunes: seconds vs 1000"]["value"] > 3000 * 150
