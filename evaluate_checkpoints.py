@@ -27,9 +27,10 @@ import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, 
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainingArguments
 
 from finetune.abc.check import check_tunes, resolve_checker
+from finetune.attention import PACKED_SDPA, PackedCollator
 from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError, run_command
@@ -221,7 +222,7 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for checkpoint in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
-            model, checkpoint_tokenizer = load_checkpoint(checkpoint.path)
+            model, checkpoint_tokenizer = load_checkpoint(checkpoint.path, attn_implementation=PACKED_SDPA)
             if tokenizer is None:
                 tokenizer = checkpoint_tokenizer
                 block_size = resolve_block_size(data_args.max_seq_length, model.config)
@@ -231,7 +232,7 @@ def main(argv: list[str]) -> int:
             trainer = Trainer(
                 model=model,
                 args=evaluation_args(batch_size, scratch),
-                data_collator=default_data_collator,
+                data_collator=PackedCollator(),
                 compute_metrics=token_metrics,
                 preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             )

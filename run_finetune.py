@@ -15,8 +15,9 @@ import sys
 
 import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, see finetune/__init__.py)
 import torch
-from transformers import Trainer, default_data_collator, set_seed
+from transformers import Trainer, set_seed
 
+from finetune.attention import PackedCollator
 from finetune.curves import LossPlotCallback
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import run_command
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
         args=training_args,
         train_dataset=lm_datasets["train"],
         eval_dataset=lm_datasets["validation"],
-        data_collator=default_data_collator,
+        data_collator=PackedCollator(),  # tune boundaries for the attention: finetune/attention.py
         processing_class=tokenizer,
         compute_metrics=TokenMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,

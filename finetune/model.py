@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from .args import ModelArguments
+from .attention import training_attention
 from .errors import UserError
 from .packing import start_token_id
 from .tokenizer import build_abc_tokenizer
@@ -93,7 +94,10 @@ def load_model(
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.nn.Module:
     """The model to train, LoRA-wrapped when the recipe asks. `on_meta=True` builds it without weights or memory."""
-    kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
+    kwargs = {
+        "attn_implementation": training_attention(model_args.attn_implementation),
+        "trust_remote_code": model_args.trust_remote_code,
+    }
     if model_args.load_in_4bit and not on_meta:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -179,8 +183,11 @@ def has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
-    """A saved model or LoRA adapter with its tokenizer, in eval mode, for evaluation and sampling."""
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """A saved model or LoRA adapter with its tokenizer, in eval mode, for evaluation and sampling.
+
+    `attn_implementation` unset: transformers' default (the config names none).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"{path} is not a folder; pass a checkpoint folder such as runs/music_abc_quick/checkpoint-150")
@@ -189,7 +196,8 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
     if not has_tokenizer(folder):
         raise UserError(f"{path} has no tokenizer; save the tokenizer beside the model (run_finetune.py does)")
     loader = AutoPeftModelForCausalLM if (folder / ADAPTER_CONFIG).is_file() else AutoModelForCausalLM
-    model = _load_or_explain(loader.from_pretrained, path, "model", dtype=dtype)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = _load_or_explain(loader.from_pretrained, path, "model", dtype=dtype, **kwargs)
     tokenizer = _load_or_explain(AutoTokenizer.from_pretrained, path, "tokenizer")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

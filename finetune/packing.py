@@ -1,8 +1,7 @@
 """Tokenize tunes and bin-pack whole tunes into fixed-length rows that keep every tune to itself.
 
-A row holds several tunes back to back. Each tune's `position_ids` restart at 0; with no attention mask
-and no KV cache, transformers turns those restarts into a block-diagonal causal mask (sdpa, eager,
-flash and flex attention alike), so no tune attends to another. The first token of each tune (`<s>`)
+A row holds several tunes back to back. Each tune's `position_ids` restart at 0, and the attention keeps
+every tune to itself (finetune/attention.py says how, for each implementation). The first token of each tune (`<s>`)
 gets label -100: it is not predicted from the tune before it (with `train_on: body`, neither is the
 header). Padding fills the rest of a row, masked the same way.
 
