@@ -27,10 +27,10 @@ import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, 
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from finetune.abc.check import check_tunes, resolve_checker
-from finetune.attention import PACKED_SDPA, PackedCollator
+from finetune.attention import PACKED_SDPA
 from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError, run_command
@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for checkpoint in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
-            model, checkpoint_tokenizer = load_checkpoint(checkpoint.path, attn_implementation=PACKED_SDPA)
+            model, checkpoint_tokenizer = load_checkpoint(checkpoint.path)
             if tokenizer is None:
                 tokenizer = checkpoint_tokenizer
                 block_size = resolve_block_size(data_args.max_seq_length, model.config)
@@ -232,11 +232,13 @@ def main(argv: list[str]) -> int:
             trainer = Trainer(
                 model=model,
                 args=evaluation_args(batch_size, scratch),
-                data_collator=PackedCollator(),
+                data_collator=default_data_collator,
                 compute_metrics=token_metrics,
                 preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             )
+            model.set_attn_implementation(PACKED_SDPA)  # packed held-out rows: each tune attends to itself
             numbers = trainer.evaluate(eval_dataset=packed[command.split])
+            model.set_attn_implementation("sdpa")  # generation: stock SDPA, with its KV cache and padding mask
             samples = generate_tunes(model, tokenizer, prompts, sample_args)
             checks = check_tunes([s.text for s in samples], checker)
             write_samples(samples, out / "samples" / f"step-{checkpoint.step}", label=f"step {checkpoint.step}", checks=checks)

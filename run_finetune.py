@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         args=training_args,
         train_dataset=lm_datasets["train"],
         eval_dataset=lm_datasets["validation"],
-        data_collator=PackedCollator(),  # tune boundaries for the attention: finetune/attention.py
+        data_collator=PackedCollator(varlen_kwargs=model_args.attn_implementation == "flash_attention_2"),
         processing_class=tokenizer,
         compute_metrics=TokenMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,

@@ -1,19 +1,20 @@
 """Attention over packed rows: every tune attends to itself only, and no L x L mask is ever built.
 
-The collator (`PackedCollator`) reads the tune boundaries from each batch's `position_ids` once, on the
-CPU, and passes them to the model as flash-attention's varlen keyword arguments (`cu_seq_lens_q/k`,
-`max_length_q/k`) over the batch flattened into one sequence. The model hands them to its attention
-function, and each implementation uses them its own way:
+A packed row holds several tunes, each with `position_ids` restarting at 0 (finetune/packing.py). How
+each implementation keeps them apart:
 
 - `sdpa` (the default) trains and evaluates through `sdpa_packed`, registered here with transformers'
-  `AttentionInterface`: tunes are gathered into padded batches of similar length and each batch runs
-  SDPA's causal kernel (`is_causal=True`, the fast path that skips the upper triangle), forward and
-  backward. Attention costs sum(l_i^2)/2 for tunes of length l_i instead of L^2/2 for the row. Without
-  the boundaries (generation, a row from elsewhere) it is transformers' own `sdpa` function.
-- `flash_attention_2`: transformers' flash path uses the varlen kwargs at any batch size (it flattens
-  the batch), where from `position_ids` alone it finds packed tunes only when the batch holds one row.
-- `flex_attention` and `eager`: transformers builds a document mask from the `position_ids` restarts of
-  each row (a sparse BlockMask for flex), and the kwargs are ignored.
+  `AttentionInterface` and no mask function, so transformers builds no mask. It reads the tune
+  boundaries from `position_ids` once per forward pass, gathers tunes of similar length into padded
+  batches and runs SDPA's causal kernel on each (`is_causal=True`, the fast path that skips the upper
+  triangle), forward and backward. Attention then costs sum(l_i^2)/2 for tunes of length l_i instead of
+  L^2/2 for the row. It has no KV cache path: generation uses stock `sdpa`.
+- `flash_attention_2`: transformers finds packed tunes from `position_ids` only when a batch holds one
+  row (`_is_packed_sequence`), so `PackedCollator(varlen_kwargs=True)` passes the boundaries as
+  flash-attention's varlen kwargs (`cu_seq_lens_q/k`, `max_length_q/k`) over the batch flattened, which
+  transformers' flash path uses at any batch size (it flattens the batch the same way).
+- `flex_attention` and `eager`: transformers builds a document mask from each row's `position_ids`
+  restarts (a sparse BlockMask for flex).
 
 The implementation is a runtime choice, never saved: a checkpoint's config names no attention, so plain
 `AutoModelForCausalLM.from_pretrained` loads it with stock attention.
@@ -25,7 +26,6 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, default_data_collator
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 PACKED_SDPA = "sdpa_packed"
 # Tunes whose lengths lie within this factor of each other share one padded batch: padding costs a group
@@ -34,21 +34,35 @@ PACKED_SDPA = "sdpa_packed"
 GROUP_RATIO = 1.5
 
 
-def packed_kwargs(position_ids: np.ndarray) -> dict:
-    """Flash-attention varlen kwargs for a batch of packed rows, flattened: a tune starts where its position is 0."""
-    flat = np.asarray(position_ids).reshape(-1)
-    starts = np.flatnonzero(flat == 0)
-    cu_seq_lens = torch.from_numpy(np.append(starts, flat.size).astype(np.int32))
-    max_length = int(np.diff(cu_seq_lens.numpy()).max())
+def tune_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """Where each tune starts in the batch flattened: a position 0, or the start of a row."""
+    starts = position_ids == 0
+    starts[:, 0] = True
+    return starts.reshape(-1).nonzero().view(-1)
+
+
+def packed_kwargs(position_ids: torch.Tensor) -> dict:
+    """Flash-attention varlen kwargs for a batch of packed rows, over the batch flattened."""
+    cu_seq_lens = torch.cat([tune_starts(position_ids), torch.tensor([position_ids.numel()])]).to(torch.int32)
+    max_length = int(cu_seq_lens.diff().max())
     return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length, "max_length_k": max_length}
 
 
 class PackedCollator:
-    """`default_data_collator`, plus each tune's boundaries for the attention (see the module docstring)."""
+    """`default_data_collator`, plus with `varlen_kwargs` each tune's boundaries as flash-attention's
+    varlen kwargs (for `flash_attention_2`; the other implementations read `position_ids`).
+
+    Not for a streamed dataset: accelerate's dispatcher slices every tensor of a batch by rows, and
+    `cu_seq_lens` is not by rows (the recipe check refuses streaming with flash_attention_2).
+    """
+
+    def __init__(self, varlen_kwargs: bool = False):
+        self.varlen_kwargs = varlen_kwargs
 
     def __call__(self, features: list[dict]) -> dict:
         batch = default_data_collator(features)
-        batch.update(packed_kwargs(batch["position_ids"].numpy()))
+        if self.varlen_kwargs:
+            batch.update(packed_kwargs(batch["position_ids"]))
         return batch
 
 
@@ -79,16 +93,20 @@ def _layout(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple:
     return torch.cat(sources).to(device), shapes, holder.to(device)
 
 
-_last_layout: list = [None, None]  # (cu_seq_lens, layout) of the batch in flight: every layer shares them
+_last_layout: list = [None, None]  # (position_ids, layout) of the pass in flight: every layer shares them
 
 
-def sdpa_packed_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
-    """SDPA's causal kernel run tune by tune (grouped by length); stock SDPA when the batch names no tunes."""
-    if cu_seq_lens_q is None or query.shape[2] != key.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+def sdpa_packed_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    """SDPA's causal kernel run tune by tune, tunes grouped by length (see the module docstring)."""
     batch, heads, length, dim = query.shape
-    if _last_layout[0] is not cu_seq_lens_q:
-        _last_layout[:] = [cu_seq_lens_q, _layout(cu_seq_lens_q, query.device)]
+    if key.shape[2] != length:
+        raise ValueError(f"{PACKED_SDPA} attends within packed tunes in training and evaluation; generate with 'sdpa'")
+    if position_ids is None:  # no packing: each row is one sequence
+        position_ids = torch.arange(length, device=query.device).expand(batch, length)
+    if _last_layout[0] is not position_ids:
+        starts = tune_starts(position_ids).cpu()
+        cu_seq_lens = torch.cat([starts, torch.tensor([batch * length])])
+        _last_layout[:] = [position_ids, _layout(cu_seq_lens, query.device)]
     source, shapes, holder = _last_layout[1]
     kwargs.pop("is_causal", None)
     sizes = [tunes * longest for tunes, longest in shapes]
@@ -105,8 +123,6 @@ def sdpa_packed_attention(module, query, key, value, attention_mask, cu_seq_lens
 
 
 AttentionInterface.register(PACKED_SDPA, sdpa_packed_attention)
-# The mask stock SDPA needs where the batch names no tunes (generation with padding, say).
-AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
 
 
 def training_attention(attn_implementation: str) -> str:

@@ -183,11 +183,8 @@ def has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """A saved model or LoRA adapter with its tokenizer, in eval mode, for evaluation and sampling.
-
-    `attn_implementation` unset: transformers' default (the config names none).
-    """
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32):
+    """A saved model or LoRA adapter with its tokenizer, in eval mode, for evaluation and sampling."""
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"{path} is not a folder; pass a checkpoint folder such as runs/music_abc_quick/checkpoint-150")
@@ -196,8 +193,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32, attn_implemen
     if not has_tokenizer(folder):
         raise UserError(f"{path} has no tokenizer; save the tokenizer beside the model (run_finetune.py does)")
     loader = AutoPeftModelForCausalLM if (folder / ADAPTER_CONFIG).is_file() else AutoModelForCausalLM
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = _load_or_explain(loader.from_pretrained, path, "model", dtype=dtype, **kwargs)
+    model = _load_or_explain(loader.from_pretrained, path, "model", dtype=dtype)
     tokenizer = _load_or_explain(AutoTokenizer.from_pretrained, path, "tokenizer")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

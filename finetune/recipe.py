@@ -229,6 +229,11 @@ def _value_problems(ns: dict) -> list[str]:
     for key in ("logging_steps", "save_steps", "eval_steps"):
         if ns[key] is not None and ns[key] <= 0:
             problems.append(f"'{key}' must be positive, got {ns[key]}")
+    if ns["streaming"] and ns["attn_implementation"] == "flash_attention_2":
+        problems.append(
+            "'streaming' with flash_attention_2: accelerate splits a streamed batch by rows, which tune boundaries "
+            "are not; use sdpa or flex_attention"
+        )
     if ns["streaming"] and ns["max_steps"] <= 0:
         problems.append("'streaming' reads a corpus of unknown length: set 'max_steps' (or turn 'streaming' off)")
     if ns["bf16"] and ns["fp16"]:

@@ -53,6 +53,9 @@ def test_output_loads_with_plain_transformers_and_generates_abc(first_run):
     out, _ = first_run
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
+    # Trained through sdpa_packed, saved with no attention named: plain loading picks stock SDPA.
+    assert "attn_implementation" not in (out / "config.json").read_text()
+    assert model.config._attn_implementation == "sdpa"
     prompt = "M:6/8\nK:D\n"
     inputs = tokenizer(prompt, return_tensors="pt")
     torch.manual_seed(0)

@@ -67,6 +67,7 @@ TINY = {
               "num_key_value_heads": 2, "max_position_embeddings": 512},
     "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 512},
 }
+POSITIONS_128 = {"llama": {"max_position_embeddings": 128}, "gpt2": {"n_positions": 128}}
 
 
 @pytest.mark.parametrize("model_type", TINY)
@@ -138,3 +139,100 @@ def test_windowed_packing_keeps_every_tune_once_and_its_statistics_exact(monkeyp
     # Six windows of 500 tunes against one of 3000: at most a few rows more (the last, part-filled ones).
     assert whole_stats["train"]["rows"] <= stats["train"]["rows"] <= whole_stats["train"]["rows"] + 6
     assert isinstance(windowed["train"], datasets.Dataset)
+
+
+def several_packed_rows(corpus, tokenizer, block_size=128, tunes=14):
+    """A batch of a few packed rows of real tunes of varied lengths, as the collator gives it to the model."""
+    from finetune.attention import PackedCollator
+
+    texts = sorted(corpus["validation"][: tunes * 10], key=len)[::10]
+    rows = pack_window(tokenize_batch({"text": texts}, tokenizer), block_size=block_size,
+                       pad_id=tokenizer.pad_token_id, policy="truncate")
+    batch = PackedCollator(varlen_kwargs=True)([{key: rows[key][i] for key in rows} for i in range(len(rows["input_ids"]))])
+    assert len(batch["input_ids"]) >= 3 and len(batch["cu_seq_lens_q"]) - 1 > len(batch["input_ids"])
+    return batch
+
+
+def summed_loss(logits, labels):
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+
+
+@pytest.mark.parametrize("model_type", TINY)
+def test_packed_attention_gives_every_tune_its_logits_and_gradients_alone(model_type, corpus, tmp_path):
+    """sdpa_packed over a batch of several packed rows: each tune's logits, and the gradient of the summed
+    loss, equal those of the tunes run one by one (fp32); the stock path with no tune boundaries mixes them."""
+    import finetune.attention  # noqa: F401  (registers sdpa_packed)
+
+    tokenizer = build_abc_tokenizer(128)
+    batch = several_packed_rows(corpus, tokenizer)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **{**TINY[model_type], **POSITIONS_128[model_type]})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa_packed").eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    packed_grads = torch.autograd.grad(summed_loss(logits, batch["labels"]), params)
+    alone_loss, checked = 0.0, 0
+    cu = batch["cu_seq_lens_q"].tolist()
+    flat_ids, flat_labels = batch["input_ids"].flatten(), batch["labels"].flatten()
+    flat_logits = logits.detach().flatten(0, 1)
+    for start, end in zip(cu, cu[1:]):
+        if (flat_labels[start:end] == IGNORE_INDEX).all():
+            continue  # padding
+        alone = model(input_ids=flat_ids[None, start:end], use_cache=False).logits
+        torch.testing.assert_close(flat_logits[start:end], alone[0], atol=1e-5, rtol=1e-4)
+        alone_loss = alone_loss + summed_loss(alone, flat_labels[None, start:end])
+        checked += 1
+    assert checked >= 10
+    for packed, alone in zip(packed_grads, torch.autograd.grad(alone_loss, params)):
+        torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+    # The check can fail: without the boundaries and the position restarts, the same rows mix tunes.
+    mixed = model(input_ids=batch["input_ids"], use_cache=False).logits
+    assert not torch.allclose(mixed, logits, atol=1e-3)
+
+
+def test_the_collators_varlen_kwargs_are_transformers_own_for_the_rows_flattened(corpus):
+    """What flash_attention_2 gets for several rows is what prepare_fa_kwargs_from_position_ids gives for the
+    same rows as one flattened sequence (flash's varlen path flattens the batch the same way)."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    batch = several_packed_rows(corpus, build_abc_tokenizer(128))
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(batch["position_ids"].reshape(1, -1))
+    assert torch.equal(batch["cu_seq_lens_q"], cu_q) and torch.equal(batch["cu_seq_lens_k"], cu_k)
+    assert batch["max_length_q"] == int(max_q) and batch["max_length_k"] == int(max_k)
+    assert batch["cu_seq_lens_q"].dtype == torch.int32 and isinstance(batch["max_length_q"], int)
+
+
+CUDA_IMPLEMENTATIONS = {"sdpa_packed": torch.float32, "sdpa": torch.float32, "flex_attention": torch.float32,
+                        "flash_attention_2": torch.bfloat16}  # flash-attention runs in 16 bits only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("implementation", CUDA_IMPLEMENTATIONS)
+def test_packed_rows_stay_isolated_on_cuda_at_batch_size_4(implementation, corpus, tmp_path):
+    """On CUDA, four packed rows at once: every implementation gives each tune its logits alone (flash through
+    the collator's varlen kwargs, which position_ids alone give it only for a batch of one row)."""
+    import finetune.attention  # noqa: F401  (registers sdpa_packed)
+
+    if implementation == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    dtype = CUDA_IMPLEMENTATIONS[implementation]
+    tokenizer = build_abc_tokenizer(128)
+    batch = several_packed_rows(corpus, tokenizer, tunes=24)
+    rows = len(batch["input_ids"])
+    assert rows >= 4
+    from finetune.attention import PackedCollator
+
+    batch = PackedCollator(varlen_kwargs=True)([{k: batch[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(4)])
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), **{**TINY["llama"], **POSITIONS_128["llama"]})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=implementation, dtype=dtype).cuda().eval()
+    inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits.flatten(0, 1).float()
+        cu = batch["cu_seq_lens_q"].tolist()
+        flat_ids = inputs["input_ids"].flatten()
+        tolerance = {"atol": 1e-4, "rtol": 1e-3} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+        for start, end in zip(cu, cu[1:]):
+            alone = model(input_ids=flat_ids[None, start:end], use_cache=False).logits[0].float()
+            torch.testing.assert_close(logits[start:end], alone, **tolerance)
