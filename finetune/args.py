@@ -36,7 +36,10 @@ class ModelArguments:
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
         default="sdpa",
-        metadata={"help": "Attention kernel. Every choice keeps packed tunes apart through position_ids."},
+        metadata={
+            "help": "Attention kernel. Every choice keeps packed tunes apart; sdpa trains through sdpa_packed, "
+            "which runs SDPA's causal kernel tune by tune (finetune/attention.py)."
+        },
     )
     trust_remote_code: bool = field(
         default=False,

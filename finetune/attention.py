@@ -102,9 +102,10 @@ def sdpa_packed_attention(module, query, key, value, attention_mask, position_id
     if key.shape[2] != length:
         raise ValueError(f"{PACKED_SDPA} attends within packed tunes in training and evaluation; generate with 'sdpa'")
     if position_ids is None:  # no packing: each row is one sequence
-        position_ids = torch.arange(length, device=query.device).expand(batch, length)
+        position_ids = torch.arange(length, device=query.device)[None]
     if _last_layout[0] is not position_ids:
-        starts = tune_starts(position_ids).cpu()
+        # Models make position_ids of shape (1, length) when none are given: the same for every row.
+        starts = tune_starts(position_ids.expand(batch, length)).cpu()
         cu_seq_lens = torch.cat([starts, torch.tensor([batch * length])])
         _last_layout[:] = [position_ids, _layout(cu_seq_lens, query.device)]
     source, shapes, holder = _last_layout[1]

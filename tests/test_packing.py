@@ -186,9 +186,12 @@ def test_packed_attention_gives_every_tune_its_logits_and_gradients_alone(model_
     assert checked >= 10
     for packed, alone in zip(packed_grads, torch.autograd.grad(alone_loss, params)):
         torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
-    # The check can fail: without the boundaries and the position restarts, the same rows mix tunes.
+    # The check can fail: without the position restarts, the same rows mix tunes...
     mixed = model(input_ids=batch["input_ids"], use_cache=False).logits
     assert not torch.allclose(mixed, logits, atol=1e-3)
+    # ... and then each row is one causal sequence, exactly as stock SDPA reads it, never the batch as one.
+    model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(mixed, model(input_ids=batch["input_ids"], use_cache=False).logits, atol=1e-5, rtol=1e-4)
 
 
 def test_the_collators_varlen_kwargs_are_transformers_own_for_the_rows_flattened(corpus):

@@ -141,6 +141,7 @@ def cut_back_to_first_checkpoint(out):
         (out / name).unlink()
 
 
+@pytest.mark.slow
 def test_a_streamed_run_resumes_exactly_in_its_first_pass_and_is_refused_past_it(tmp_path):
     """Trainer replays a stream and skips the trained batches: exact within the first pass over the data (same
     weights and losses as an unbroken run); a checkpoint from a later pass is refused in one line."""
