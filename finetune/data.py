@@ -36,7 +36,7 @@ PARALLEL_FROM_TUNES = 50_000
 
 def content_key(text: str) -> int:
     """The first 8 bytes of the text's SHA-256, as a signed 64-bit number (an Arrow int64): it names a tune
-    for deduplication (a collision among a million tunes has odds of 1 in 30 million) and picks its split."""
+    for deduplication (a collision among a million tunes has odds of 1 in 37 million) and picks its split."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
 
 

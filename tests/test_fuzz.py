@@ -110,10 +110,24 @@ def real_data_files(corpus, folder):
     return [folder / f"tunes.{suffix}" for suffix in ("jsonl", "csv", "parquet", "abc")]
 
 
-def test_data_loaders_read_mutated_files_or_say_why_in_one_line(corpus, tmp_path):
-    """60 byte-level mutations of real data files of each kind: tunes come out, or a UserError says why."""
-    from finetune.args import DataArguments
+def load_prepared_or_streamed(data_args):
+    """The training tunes as the runner reads them: prepared, or streamed through to packed rows."""
     from finetune.data import clean_splits, load_raw_splits
+    from finetune.streaming import clean_streams, tokenize_and_pack_stream
+    from finetune.tokenizer import build_abc_tokenizer
+
+    if not data_args.streaming:
+        return clean_splits(load_raw_splits(data_args), data_args)[0]["train"]
+    streams = clean_streams(load_raw_splits(data_args), data_args)
+    rows, _ = tokenize_and_pack_stream(streams, build_abc_tokenizer(256), 256, data_args, seed=0)
+    return list(rows["train"])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_data_loaders_read_mutated_files_or_say_why_in_one_line(streaming, corpus, tmp_path):
+    """60 byte-level mutations of real data files of each kind, prepared or streamed: tunes come out, or a
+    UserError says why in one line."""
+    from finetune.args import DataArguments
 
     rng = random.Random(3)
     outcomes = {"loaded": 0, "refused": 0}
@@ -128,10 +142,9 @@ def test_data_loaders_read_mutated_files_or_say_why_in_one_line(corpus, tmp_path
                 i = rng.randrange(len(mutated) + 1)
                 mutated = mutated[:i] + rng.choice(FILE_PIECES) + mutated[i + rng.choice([0, 0, 1, 5, 50]):]
             path.write_bytes(mutated if n else b"")  # the first of each kind is an empty file
-            data_args = DataArguments(dataset_name_or_path=str(path), validation_split_percentage=10)
+            data_args = DataArguments(dataset_name_or_path=str(path), validation_split_percentage=10, streaming=streaming)
             try:
-                tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
-                assert len(tunes["train"]) > 0
+                assert len(load_prepared_or_streamed(data_args)) > 0
                 outcomes["loaded"] += 1
             except UserError as e:
                 assert "\n" not in str(e) and str(path) in str(e), str(e)
