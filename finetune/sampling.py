@@ -164,8 +164,8 @@ def as_abc_file(text: str, index: int, title: str) -> str:
     return f"X:{index}\nT:{title}\n{text.rstrip()}\n"
 
 
-class _TooSlow(Exception):
-    pass
+class _TooSlow(BaseException):
+    """A BaseException, so that no `except Exception` inside music21 can swallow it and run on past the limit."""
 
 
 @contextlib.contextmanager
@@ -197,7 +197,7 @@ def write_midi(text: str, path: Path, seconds: float = MIDI_SECONDS) -> str | No
         with _time_limit(seconds), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             score = music21.converter.parse(text, format="abc")
             score.write("midi", fp=str(path))
-    except Exception as e:  # music21's lenient parser fails on broken tunes in many ways; that is a finding
+    except (Exception, _TooSlow) as e:  # music21's lenient parser fails on broken tunes in many ways; that is a finding
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     return None
 

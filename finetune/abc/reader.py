@@ -16,6 +16,7 @@ the metre, with the short bars that ABC practice writes on purpose (pickups, bar
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -150,6 +151,9 @@ class Reader:
     field_line: str | None = None
     content_since_bar: bool = False
     finished: bool = False
+    # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
+    # ("field", text) for a field line, ("text", text) for a newline or a character that is no ABC.
+    listener: Callable[..., None] | None = None
 
     def copy(self) -> Reader:
         """An independent reader in the same state (bars and problems are copied lists of immutable facts)."""
@@ -183,11 +187,13 @@ class Reader:
             if ch == "\n":
                 self._field_line(self.field_line)
                 self._end_line()
+                self._hear("text", ch)
             else:
                 self.field_line += ch
             return
         if ch == "\n":
             self._end_line()
+            self._hear("text", ch)
             return
         if self.line_start:
             if not self.pending and ch.isascii() and ch.isalpha():
@@ -232,7 +238,12 @@ class Reader:
             if rest:
                 self._lex(rest)
 
+    def _hear(self, kind: str, piece) -> None:
+        if self.listener is not None:
+            self.listener(kind, piece)
+
     def _unexpected(self, ch: str) -> None:
+        self._hear("text", ch)
         self._music()
         self.problem(f"unexpected {ch!r}")
 
@@ -256,6 +267,7 @@ class Reader:
 
     # ------------------------------------------------------------------ fields
     def _field_line(self, text: str) -> None:
+        self._hear("field", text)
         letter, value = text[0], text[2:].strip()
         if not self.in_body or letter in "MLKV":
             self._field(letter, value)
@@ -291,6 +303,7 @@ class Reader:
 
     def _token(self, match: regex.Match) -> None:
         kind = next(name for name in TOKEN_KINDS if match.group(name) is not None)
+        self._hear("token", match)
         if kind in ("space", "comment", "continuation"):
             return
         self._music()

@@ -1,0 +1,241 @@
+"""Transposition: every note and every chord symbol's root (and bass) moves by N semitones.
+
+    python -m finetune.abc.transpose tunes.abc --semitones 2      # the transposed tunes on stdout
+
+The tune is read by the one reader (reader.py), which tells this module every piece of the text in order;
+notes, chord symbols and K: fields are rewritten and everything else is copied. The rules:
+
+- A key moves to the conventional spelling of its new tonic, the one with the fewest sharps or flats
+  (D major up 1 is Eb major, never D# major); its mode and anything after it are kept. `K:none` and
+  `K:HP` are kept, and notes under them are spelt by the interval.
+- A note keeps its letter distance to the tonic (a third above the tonic stays a third above the new
+  tonic), and its pitch moves by exactly N. An accidental is written where the new key and the bar
+  need one: ABC accidentals last to the end of the bar for that pitch, in the source and the output
+  alike; an accidental the source wrote is written in the output too (a courtesy accidental stays one).
+- Chord symbols ("Am7/G") move root and bass the same way; annotations ("^text") are text, kept.
+
+A tune this module cannot transpose exactly (a K: field with explicit accidentals, `K:D exp ^f`) is
+returned as None with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import regex
+
+from .reader import Reader
+from .text import read_text, split_tunes
+
+LETTERS = "CDEFGAB"
+NATURAL = (0, 2, 4, 5, 7, 9, 11)  # semitones above C of each letter
+LETTER_FIFTHS = {"F": -1, "C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5}  # on the circle of fifths
+# Signature offset of each mode from its tonic's major key: A dorian has G major's signature.
+MODE_FIFTHS = {"": 0, "maj": 0, "ion": 0, "mix": -1, "dor": -2, "m": -3, "min": -3, "aeo": -3, "phr": -4,
+               "loc": -5, "lyd": 1}
+SHARPS_ORDER, FLATS_ORDER = "FCGDAEB", "BEADGCF"
+# Letter steps of an interval of N semitones where no key says (K:none): the spelling of the scale of C.
+STEPS_BY_SEMITONES = (0, 1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6)
+ACCIDENTALS = {"^^": 2, "^": 1, "=": 0, "_": -1, "__": -2}
+WRITTEN = {value: text for text, value in ACCIDENTALS.items()}
+KEY_FIELD = regex.compile(r"^(\s*)([A-Ga-g])([#b]?)(\s*)([A-Za-z]*)(.*)$", regex.DOTALL)
+EXPLICIT = regex.compile(r"(?:^|\s)(?:[_^=]+[a-gA-G]|exp\b)", regex.IGNORECASE)
+SPELLING = {1: "#", -1: "b", 0: ""}
+NOTE = regex.compile(r"(?P<acc>\^\^|\^|__|_|=)?(?P<pitch>[A-Ga-g])(?P<octave>[,']*)")  # in grace notes
+SYMBOL = regex.compile(r'^"([A-G])([#b]?)([^/"]*)(?:/([A-G])([#b]?))?(.*)"$', regex.DOTALL)
+
+
+def natural_pitch(degree: int) -> int:
+    """Semitones of a letter without accidental, from C four octaves below middle C; degree = letter + 7 x octave."""
+    return 12 * (degree // 7) + NATURAL[degree % 7]
+
+
+class KeyError_(ValueError):
+    """A key this module cannot move exactly."""
+
+
+class Key:
+    """A K: value read for transposition: tonic (letter index, accidental) and mode, or no signature."""
+
+    def __init__(self, value: str):
+        match = KEY_FIELD.match(value)
+        self.tonic = None
+        self.fifths = 0
+        if match is None:
+            if value.strip().lower() in ("", "none") or value.strip() in ("HP", "Hp"):
+                self.parts = None
+                return
+            raise KeyError_(f"K:{value.strip()} is not a key this can transpose")
+        lead, letter, accidental, gap, mode, rest = match.groups()
+        mode_key = mode.lower()[:3] if mode.lower() not in ("m", "") else mode.lower()
+        if mode_key not in MODE_FIFTHS:  # a word that is no mode: K:D clef=bass is D major
+            gap, mode, rest, mode_key = "", "", gap + mode + rest, ""
+        if EXPLICIT.search(rest):
+            raise KeyError_(f"K:{value.strip()} names explicit accidentals; transposing it is not supported")
+        self.parts = (lead, gap + mode, rest)
+        letter = letter.upper()
+        self.tonic = (LETTERS.index(letter), {"#": 1, "b": -1, "": 0}[accidental])
+        self.mode_fifths = MODE_FIFTHS[mode_key]
+        self.fifths = LETTER_FIFTHS[letter] + 7 * self.tonic[1] + self.mode_fifths
+
+    def signature(self, letter: int) -> int:
+        """The accidental the key gives a letter."""
+        name = LETTERS[letter]
+        if self.fifths > 0:
+            return 1 if name in SHARPS_ORDER[: self.fifths] else 0
+        return -1 if name in FLATS_ORDER[: -self.fifths] else 0
+
+    def moved(self, semitones: int) -> tuple[Key, int]:
+        """The key N semitones away, spelt with the fewest accidentals, and the letter steps notes move by."""
+        if self.tonic is None:
+            return self, STEPS_BY_SEMITONES[semitones % 12]
+        pitch = (NATURAL[self.tonic[0]] + self.tonic[1] + semitones) % 12
+        best = None
+        for letter in range(7):
+            accidental = (pitch - NATURAL[letter] + 6) % 12 - 6
+            if abs(accidental) > 1:
+                continue
+            fifths = LETTER_FIFTHS[LETTERS[letter]] + 7 * accidental + self.mode_fifths
+            # Fewest accidentals; at six either way, sharps going up and flats going down.
+            rank = (abs(fifths), -fifths if semitones % 12 <= 6 else fifths)
+            if best is None or rank < best[0]:
+                best = (rank, letter, accidental)
+        _, letter, accidental = best
+        new = Key.__new__(Key)
+        new.parts, new.mode_fifths = self.parts, self.mode_fifths
+        new.tonic = (letter, accidental)
+        new.fifths = LETTER_FIFTHS[LETTERS[letter]] + 7 * accidental + self.mode_fifths
+        return new, (letter - self.tonic[0]) % 7
+
+    def text(self) -> str:
+        lead, mode, rest = self.parts
+        return f"{lead}{LETTERS[self.tonic[0]]}{SPELLING[self.tonic[1]]}{mode}{rest}"
+
+
+class Transposer:
+    """Rewrites the pieces the reader hands over; `bar_*` hold the accidentals written in the current bar."""
+
+    def __init__(self, semitones: int):
+        self.semitones = semitones
+        self.out: list[str] = []
+        self.key = self.new_key = Key("C")
+        self.steps = 0
+        self.bar_in: dict[int, int] = {}
+        self.bar_out: dict[int, int] = {}
+        self.error: str | None = None
+
+    def __call__(self, kind: str, piece) -> None:
+        if kind == "token":
+            self.out.append(self.token(piece))
+        elif kind == "field" and piece[:2] == "K:":
+            self.out.append("K:" + self.key_change(piece[2:]))
+        else:
+            self.out.append(piece)
+
+    def key_change(self, value: str) -> str:
+        try:
+            self.key = Key(value)
+        except KeyError_ as e:
+            self.error = self.error or str(e)
+            return value
+        self.new_key, self.steps = self.key.moved(self.semitones)
+        self.bar_in, self.bar_out = {}, {}
+        return self.new_key.text() if self.new_key.tonic is not None else value
+
+    def token(self, match: regex.Match) -> str:
+        text = match.group()
+        if match.group("note") is not None:
+            return self.note(match) + match.group("len")
+        if match.group("grace") is not None:
+            return NOTE.sub(self.note, text)
+        if match.group("symbol") is not None:
+            return self.symbol(text)
+        if match.group("bar") is not None:
+            self.bar_in, self.bar_out = {}, {}
+        elif match.group("field") is not None and text[1] == "K":
+            return f"[K:{self.key_change(text[3:-1])}]"
+        return text
+
+    def note(self, match: regex.Match) -> str:
+        written, letter, octave_marks = match.group("acc"), match.group("pitch"), match.group("octave")
+        degree = LETTERS.index(letter.upper()) + 7 * (5 if letter.islower() else 4)
+        degree += 7 * (octave_marks.count("'") - octave_marks.count(","))
+        if written is not None:
+            self.bar_in[degree] = ACCIDENTALS[written]
+        accidental = self.bar_in.get(degree, self.key.signature(degree % 7))
+        pitch = natural_pitch(degree) + accidental + self.semitones
+        # The letter is fixed by the key's move; the octave is the one that needs the smallest accidental.
+        new_degree = degree + self.steps
+        new_degree += 7 * round((pitch - natural_pitch(new_degree)) / 12)
+        new_accidental = pitch - natural_pitch(new_degree)
+        if abs(new_accidental) > 2:
+            self.error = self.error or f"a note would need the accidental {new_accidental}"
+            new_accidental = max(-2, min(2, new_accidental))
+        expected = self.bar_out.get(new_degree, self.new_key.signature(new_degree % 7))
+        mark = ""
+        if written is not None or new_accidental != expected:
+            mark = WRITTEN[new_accidental]
+            self.bar_out[new_degree] = new_accidental
+        octave = new_degree // 7
+        name = LETTERS[new_degree % 7]
+        return mark + (name.lower() + "'" * (octave - 5) if octave >= 5 else name + "," * (4 - octave))
+
+    def symbol(self, text: str) -> str:
+        match = SYMBOL.match(text)
+        if match is None:  # an annotation, or a symbol that names no chord
+            return text
+        root, root_accidental, quality, bass, bass_accidental, rest = match.groups()
+        moved = self.chord_root(root, root_accidental) + quality
+        if bass is not None:
+            moved += "/" + self.chord_root(bass, bass_accidental)
+        return f'"{moved}{rest}"'
+
+    def chord_root(self, letter: str, accidental: str) -> str:
+        index = LETTERS.index(letter)
+        pitch = (NATURAL[index] + {"#": 1, "b": -1, "": 0}[accidental] + self.semitones) % 12
+        target = (index + self.steps) % 7
+
+        def offset(letter: int) -> int:
+            return (pitch - NATURAL[letter] + 6) % 12 - 6
+
+        # The letter the key's move gives, or where that needs a double sharp or flat, the nearest that does not.
+        new = min(range(7), key=lambda letter: (abs(offset(letter)) > 1, min((letter - target) % 7, (target - letter) % 7)))
+        return LETTERS[new] + SPELLING[offset(new)]
+
+
+def transpose(tune: str, semitones: int) -> tuple[str | None, str | None]:
+    """(the tune moved by `semitones`, None), or (None, why it cannot be moved exactly)."""
+    transposer = Transposer(semitones)
+    text = tune if tune.endswith("\n") else tune + "\n"
+    Reader(listener=transposer).feed(text).finish()
+    if transposer.error:
+        return None, transposer.error
+    out = "".join(transposer.out)
+    return (out if tune.endswith("\n") else out[:-1]), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.abc.transpose", description=__doc__.split("\n")[0])
+    parser.add_argument("file", help="an ABC file (a tune book)")
+    parser.add_argument("--semitones", type=int, required=True, help="how far to move, e.g. 2 or -5")
+    args = parser.parse_args(argv)
+    try:
+        tunes = split_tunes(read_text(Path(args.file)))
+    except OSError as e:
+        print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    refused = 0
+    for tune in tunes:
+        moved, reason = transpose(tune, args.semitones)
+        if moved is None:
+            refused += 1
+            print(f"% not transposed: {reason}", file=sys.stderr)
+            moved = tune
+        print(moved.rstrip("\n") + "\n")
+    return 1 if refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
