@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
             tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
             lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
+    if data_args.transpose_train:
+        notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
 
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32

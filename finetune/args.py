@@ -113,6 +113,14 @@ class DataArguments:
             "is the prompt and only the music after it is learned, for header-conditioned generation."
         },
     )
+    transpose_train: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Data augmentation: every training tune is added again moved by each of these semitone shifts, "
+            "e.g. [-2, -1, 1, 2] (finetune/abc/transpose.py). Validation and test tunes stay in their keys. "
+            "Empty: no copies."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training tunes (before packing), for quick runs."}
     )

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
+from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
 
@@ -292,4 +293,19 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         cleaned["validation"] = cleaned["validation"].select(
             range(min(data_args.max_eval_samples, len(cleaned["validation"])))
         )
-    return datasets.DatasetDict({split: ds.remove_columns("key") for split, ds in cleaned.items()}), dict(skipped)
+    cleaned = {split: ds.remove_columns("key") for split, ds in cleaned.items()}
+    if data_args.transpose_train:  # after the split, so that a tune's copies stay in train with it
+        cleaned["train"] = cleaned["train"].select_columns(["text"]).map(
+            with_transposed_copies,
+            batched=True,
+            fn_kwargs={"shifts": data_args.transpose_train},
+            num_proc=worker_count(data_args, len(cleaned["train"])),
+            desc="transpose train",
+        )
+    return datasets.DatasetDict(cleaned), dict(skipped)
+
+
+def with_transposed_copies(batch: dict, shifts: list[int]) -> dict:
+    """The tunes, then each moved by each shift; a tune that cannot be moved exactly adds no copy."""
+    copies = [moved for text in batch["text"] for n in shifts if (moved := transpose(text, n)[0]) is not None]
+    return {"text": batch["text"] + copies}

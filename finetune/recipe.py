@@ -234,6 +234,8 @@ def _value_problems(ns: dict) -> list[str]:
             "'streaming' with flash_attention_2: accelerate splits a streamed batch by rows, which tune boundaries "
             "are not; use sdpa or flex_attention"
         )
+    if any(not -11 <= n <= 11 or n == 0 for n in ns["transpose_train"]) or len(set(ns["transpose_train"])) < len(ns["transpose_train"]):
+        problems.append(f"'transpose_train' takes distinct shifts from -11 to 11 other than 0, got {ns['transpose_train']}")
     if ns["streaming"] and ns["max_steps"] <= 0:
         problems.append("'streaming' reads a corpus of unknown length: set 'max_steps' (or turn 'streaming' off)")
     if ns["bf16"] and ns["fp16"]:

@@ -28,7 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 
 from .args import DataArguments
-from .data import SPLITS, clean_batch, quiet_datasets_logger, root_reason, splits_of_keys
+from .data import SPLITS, clean_batch, quiet_datasets_logger, root_reason, splits_of_keys, with_transposed_copies
 from .errors import UserError
 from .packing import PACK_WINDOW, PACKED, TOKENIZE_BATCH, TOKENIZED, pack_window, tokenize_batch, tokens_kept
 
@@ -54,10 +54,12 @@ def clean_streams(raw: dict[str, datasets.IterableDataset], data_args: DataArgum
                 lambda batch, s=split: (splits_of_keys(np.array(batch["key"]), pct) == s).tolist(), batched=True
             )
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    return {
-        split: cleaned[split].take(limits[split]) if limits[split] else cleaned[split]
-        for split in SPLITS[:2]
-    }
+    streams = {split: cleaned[split].take(limits[split]) if limits[split] else cleaned[split] for split in SPLITS[:2]}
+    if data_args.transpose_train:
+        streams["train"] = streams["train"].select_columns(["text"]).map(
+            with_transposed_copies, batched=True, fn_kwargs={"shifts": data_args.transpose_train}
+        )
+    return streams
 
 
 def tokenize_and_pack_stream(

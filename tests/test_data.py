@@ -206,3 +206,23 @@ def test_an_unreadable_stream_is_one_line_before_training(tmp_path):
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "stream failed" in result.stderr and "tunes.jsonl" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_transposed_copies_join_the_training_split_only(tmp_path, monkeypatch):
+    """transpose_train adds each training tune moved by each shift; validation stays in its keys, so
+    held-out numbers stay honest; prepared and streamed training tunes are the same."""
+    from finetune.abc.transpose import transpose
+    from finetune.streaming import clean_streams
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    plain = DataArguments(max_train_samples=200, max_eval_samples=50)
+    args = DataArguments(max_train_samples=200, max_eval_samples=50, transpose_train=[-2, 3])
+    base, _ = clean_splits(load_raw_splits(plain), plain)
+    augmented, _ = clean_splits(load_raw_splits(args), args)
+    assert augmented["validation"]["text"][:] == base["validation"]["text"][:]
+    originals = base["train"]["text"][:]
+    copies = [moved for text in originals for n in (-2, 3) if (moved := transpose(text, n)[0]) is not None]
+    assert augmented["train"]["text"][:] == originals + copies and len(copies) >= 390
+    streamed_args = DataArguments(max_train_samples=200, max_eval_samples=50, transpose_train=[-2, 3], streaming=True)
+    streamed = clean_streams(load_raw_splits(streamed_args), streamed_args)
+    assert [row["text"] for row in streamed["train"]] == originals + copies

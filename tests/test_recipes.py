@@ -98,6 +98,7 @@ BAD_RECIPES = {
     "negative decay": ({"extends": BASE, "weight_decay": -0.1}, "'weight_decay' must not be negative"),
     "zero epochs": ({"extends": BASE, "num_train_epochs": 0}, "'num_train_epochs' must be positive"),
     "streaming without max_steps": ({"extends": BASE, "streaming": True}, "'streaming' reads a corpus of unknown length"),
+    "transpose by 0": ({"extends": BASE, "transpose_train": [2, 0]}, "'transpose_train' takes distinct shifts"),
     "zero logging steps": ({"extends": BASE, "logging_steps": 0}, "'logging_steps' must be positive"),
     "huge batch": ({"extends": BASE, "per_device_train_batch_size": 10**30}, "expected an integer below 2**31"),
     "infinite lr": ({"extends": BASE, "learning_rate": 1e999}, "expected a finite number"),

@@ -5,6 +5,7 @@ the metre. It imports nothing else of this project; everything else imports it.
     reader.py  the one reader of tune text, incremental: tokens, durations, bars, which bars keep the metre
     check.py   the strict checker (abc2midi or the reader), also `python -m finetune.abc.check FILE...`
     constrain.py  MetreLogitsProcessor: sampling that keeps ABC syntax and the metre, on the same reader
+    transpose.py  exact transposition (keys, accidentals, chord symbols), also `python -m finetune.abc.transpose`
 """
 
 from .text import DEFAULT_KEEP_FIELDS, FIELD_LINE, Tune, clean_tune, header_length, read_text, split_tunes
