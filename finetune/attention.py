@@ -34,16 +34,16 @@ PACKED_SDPA = "sdpa_packed"
 GROUP_RATIO = 1.5
 
 
-def tune_starts(position_ids: torch.Tensor) -> torch.Tensor:
-    """Where each tune starts in the batch flattened: a position 0, or the start of a row."""
+def tune_bounds(position_ids: torch.Tensor) -> torch.Tensor:
+    """Where each tune starts in the batch flattened (a position 0, or the start of a row), then the end: on the CPU."""
     starts = position_ids == 0
     starts[:, 0] = True
-    return starts.reshape(-1).nonzero().view(-1)
+    return torch.cat([starts.reshape(-1).nonzero().view(-1).cpu(), torch.tensor([position_ids.numel()])])
 
 
 def packed_kwargs(position_ids: torch.Tensor) -> dict:
     """Flash-attention varlen kwargs for a batch of packed rows, over the batch flattened."""
-    cu_seq_lens = torch.cat([tune_starts(position_ids), torch.tensor([position_ids.numel()])]).to(torch.int32)
+    cu_seq_lens = tune_bounds(position_ids).to(torch.int32)
     max_length = int(cu_seq_lens.diff().max())
     return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length, "max_length_k": max_length}
 
@@ -75,7 +75,7 @@ def _layout(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple:
     One `index_select` in and one out per tensor and layer: their backward is one `index_add_` each,
     where indexing per group or slicing the layout would fill a zero tensor of the whole batch per group.
     """
-    cu = cu_seq_lens.cpu().long()
+    cu = cu_seq_lens.long()
     starts, lengths = cu[:-1], cu.diff()
     bucket = torch.floor(torch.log(lengths.double()) / np.log(GROUP_RATIO)).long()
     sources, shapes, holder = [], [], torch.empty(int(cu[-1]), dtype=torch.long)
@@ -105,9 +105,7 @@ def sdpa_packed_attention(module, query, key, value, attention_mask, position_id
         position_ids = torch.arange(length, device=query.device)[None]
     if _last_layout[0] is not position_ids:
         # Models make position_ids of shape (1, length) when none are given: the same for every row.
-        starts = tune_starts(position_ids.expand(batch, length)).cpu()
-        cu_seq_lens = torch.cat([starts, torch.tensor([batch * length])])
-        _last_layout[:] = [position_ids, _layout(cu_seq_lens, query.device)]
+        _last_layout[:] = [position_ids, _layout(tune_bounds(position_ids.expand(batch, length)), query.device)]
     source, shapes, holder = _last_layout[1]
     kwargs.pop("is_causal", None)
     sizes = [tunes * longest for tunes, longest in shapes]
