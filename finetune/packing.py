@@ -45,6 +45,11 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that fills rows and batches: `<pad>`, or end-of-text for tokenizers that have none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, train_on: str = "all") -> dict:
     """`<s>` tune `</s>`, and how many leading tokens are not targets, for every tokenizer (GPT-2 style ones
     use end-of-text for both ends).
@@ -155,7 +160,7 @@ def tokenize_and_pack(
     splits: tuple[str, ...] = ("train", "validation"),
 ) -> tuple[datasets.DatasetDict, dict]:
     """Packed rows of `splits`, and per-split statistics for the run plan."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     policy = data_args.overlong_tunes
     packed, stats = {}, {}
     for split in splits:

@@ -25,7 +25,7 @@ from .abc import header_length
 from .abc.constrain import MetreLogitsProcessor
 from .errors import UserError
 from .model import context_length
-from .packing import tokenize_batch
+from .packing import pad_token_id, tokenize_batch
 
 # Header fields a prompt carries: the ones that shape the music. R: and T: join them when the recipe keeps
 # them in training text (DataArguments.keep_fields), since only then has the model learnt to follow them.
@@ -146,7 +146,7 @@ def generate_tunes(
                 top_p=args.top_p,
                 max_new_tokens=budget,
                 eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                pad_token_id=pad_token_id(tokenizer),
                 use_cache=True,
             )
             for row, i in enumerate(batch):

@@ -30,7 +30,16 @@ from transformers.trainer_callback import ExportableState
 from .args import DataArguments
 from .data import SPLITS, clean_batch, quiet_datasets_logger, root_reason, splits_of_keys, with_transposed_copies
 from .errors import UserError
-from .packing import PACK_WINDOW, PACKED, TOKENIZE_BATCH, TOKENIZED, pack_window, tokenize_batch, tokens_kept
+from .packing import (
+    PACK_WINDOW,
+    PACKED,
+    TOKENIZE_BATCH,
+    TOKENIZED,
+    pack_window,
+    pad_token_id,
+    tokenize_batch,
+    tokens_kept,
+)
 
 ESTIMATE_TUNES = 10_000  # ~3 s of reading per split on a 2-core CPU; a book's first 1,000 tunes misled by 17%
 # A window's rows come out longest tunes first; shuffling this many rows spreads them over the batches.
@@ -70,7 +79,7 @@ def tokenize_and_pack_stream(
     seed: int,
 ) -> tuple[datasets.IterableDatasetDict, dict]:
     """Packed-row streams of train and validation, and each split's statistics estimated from its first tunes."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     pack_kwargs = {"block_size": block_size, "pad_id": pad_id, "policy": data_args.overlong_tunes}
     packed, stats = {}, {}
     for split, ds in tunes.items():
