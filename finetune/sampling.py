@@ -135,7 +135,9 @@ def generate_tunes(
             if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
                 # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
                 keep = args.top_k if args.top_k else 64
-                processors.append(MetreLogitsProcessor(tokenizer, max_new_tokens=budget, keep=keep))
+                processors.append(MetreLogitsProcessor(
+                    tokenizer, max_new_tokens=budget, keep=keep, temperature=args.temperature, top_p=args.top_p
+                ))
             output = model.generate(
                 input_ids=input_ids,
                 logits_processor=processors,

@@ -70,3 +70,34 @@ def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
     bars = 1 - sum(r.bars_off for r in reports) / sum(r.bars_total for r in reports)
     print(f"constrained untrained model: validity {validity:.3f}, bars on the metre {bars:.3f}")
     assert validity >= 0.85 and bars >= 0.93
+
+
+def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
+    """The processor stops looking for allowed tokens once top-p's choice cannot change; sampled with the same
+    seed, the tunes are token for token those of a search for all `keep` allowed tokens, at fewer tries."""
+    import json
+
+    from conftest import TINY_RECIPE
+    from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessorList, set_seed
+
+    config = AutoConfig.for_model("llama", vocab_size=len(TOKENIZER), bos_token_id=TOKENIZER.bos_token_id,
+                                  eos_token_id=TOKENIZER.eos_token_id, **json.loads(TINY_RECIPE.read_text())["model_config"])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # peaked next-token distributions, as a trained model's are
+    prompt = torch.tensor([TOKENIZER(HEADER)["input_ids"]] * 4)
+    tunes, tries = {}, {}
+    for name, top_p in (("settled", 0.8), ("full search", 1.0)):
+        processor = MetreLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=8, temperature=1.2, top_p=top_p)
+        calls = []
+        original = processor._try
+        processor._try = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+        set_seed(1)
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), logits_processor=LogitsProcessorList([processor]),
+                             do_sample=True, temperature=1.2, top_k=8, top_p=0.8, max_new_tokens=120,
+                             pad_token_id=TOKENIZER.pad_token_id, eos_token_id=TOKENIZER.eos_token_id)
+        tunes[name], tries[name] = out.tolist(), len(calls)
+    assert tunes["settled"] == tunes["full search"]
+    print(tries)
+    assert tries["settled"] < 0.7 * tries["full search"]

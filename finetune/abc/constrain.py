@@ -28,6 +28,7 @@ the metre, the row keeps only the syntax for that step (its bar will be off), co
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -128,9 +129,14 @@ def _written_as_tunes_write(pending: str) -> bool:
 class MetreLogitsProcessor(LogitsProcessor):
     """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, keep: int = 16):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, keep: int = 16, temperature: float = 1.0,
+        top_p: float = 1.0,
+    ):
         self.eos = tokenizer.eos_token_id
         self.keep, self.max_new_tokens = keep, max_new_tokens
+        # The sampling that follows, to stop looking once top-p's choice cannot change (see _nucleus_settled).
+        self.temperature, self.top_p = temperature, top_p
         special = set(tokenizer.all_special_ids)
         self.texts: list[str | None] = []
         for token_id in range(len(tokenizer)):
@@ -154,15 +160,19 @@ class MetreLogitsProcessor(LogitsProcessor):
                 self._advance(state, token_id)
         left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
         mask = torch.full_like(scores, float("-inf"))
-        order = scores.argsort(dim=-1, descending=True).tolist()
+        ranked = scores.argsort(dim=-1, descending=True)
+        order = ranked.tolist()
+        weights = (scores / self.temperature).softmax(-1).gather(-1, ranked).tolist() if self.top_p < 1 else None
         for row, state in enumerate(self.rows):
             if state.done:
                 mask[row] = 0
                 continue
-            allowed = self._allowed(state, order[row], ending=left <= ENDING_MARGIN)
+            allowed = self._allowed(state, order[row], weights[row] if weights else None, ending=left <= ENDING_MARGIN)
             if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
                 self.unconstrained_steps += 1
-                allowed = [t for t in order[row] if self.texts[t] and self._try(state, self.texts[t], metre=False)]
+                # the `keep` likeliest, as top-k would choose them
+                syntax_ok = (t for t in order[row] if self.texts[t] and self._try(state, self.texts[t], metre=False))
+                allowed = list(itertools.islice(syntax_ok, self.keep))
             mask[row, allowed or [self.eos]] = 0
         return scores + mask
 
@@ -179,8 +189,8 @@ class MetreLogitsProcessor(LogitsProcessor):
         verdict = self._close_bars(state, state.reader, since=closed)
         state.owed, state.opening = verdict if verdict is not None else (None, len(state.reader.bars))
 
-    def _allowed(self, state: RowState, order: list[int], ending: bool) -> list[int]:
-        allowed = []
+    def _allowed(self, state: RowState, order: list[int], weights: list[float] | None, ending: bool) -> list[int]:
+        allowed, found = [], []
         if ending:  # near the budget: end now, else close slurs, finish the token being written, close the bar
             if self._may_end(state):
                 return [self.eos]
@@ -196,15 +206,36 @@ class MetreLogitsProcessor(LogitsProcessor):
                 closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
                 if closing:
                     return closing[: self.keep]
-        for token_id in order:
+        untried = sum(weights) if weights else 0.0
+        for rank, token_id in enumerate(order):
             if token_id == self.eos:
-                if self._may_end(state):
-                    allowed.append(token_id)
-            elif self.texts[token_id] is not None and self._try(state, self.texts[token_id]) is not None:
+                ok = self._may_end(state)
+            else:
+                ok = self.texts[token_id] is not None and self._try(state, self.texts[token_id]) is not None
+            if ok:
                 allowed.append(token_id)
             if len(allowed) == self.keep:
                 break
+            if weights:
+                untried -= weights[rank]
+                if ok:
+                    found.append((found[-1] if found else 0.0) + weights[rank])
+                if found and self._nucleus_settled(found, untried):
+                    break
         return allowed
+
+    def _nucleus_settled(self, found: list[float], untried: float) -> bool:
+        """Would top-p keep the same tokens whatever the untried ones turn out to be?
+
+        `found` holds the running mass of the allowed tokens so far, likeliest first. Top-p keeps the shortest
+        prefix whose mass reaches top_p of all the allowed mass top-k passes on, which lies between found[-1]
+        (no untried token allowed) and found[-1] + untried (all of them). Where both bounds give the same
+        prefix, looking further cannot change what is sampled, so the search stops there: exact, not a
+        shortcut (the margin covers float rounding).
+        """
+        bound = self.top_p * (found[-1] + untried) * (1 + 1e-6)
+        cut = next((i for i, mass in enumerate(found) if mass >= bound), None)
+        return cut is not None and (cut == 0 or found[cut - 1] < self.top_p * found[-1] * (1 - 1e-6))
 
     # ------------------------------------------------------------------ the policy
     def _try(self, state: RowState, text: str, metre: bool = True):
