@@ -181,7 +181,9 @@ def _time_limit(seconds: float):
         raise _TooSlow(f"gave up after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # It fires again every `seconds` until cleared: Python swallows an exception raised while a finalizer
+    # (`__del__`) runs, and garbage collection may run one just when the first alarm comes.
+    signal.setitimer(signal.ITIMER_REAL, seconds, seconds)
     try:
         yield
     finally:
