@@ -43,8 +43,14 @@ WRITTEN = {value: text for text, value in ACCIDENTALS.items()}
 KEY_FIELD = regex.compile(r"^(\s*)([A-Ga-g])([#b]?)(\s*)([A-Za-z]*)(.*)$", regex.DOTALL)
 EXPLICIT = regex.compile(r"(?:^|\s)(?:[_^=]+[a-gA-G]|exp\b)", regex.IGNORECASE)
 SPELLING = {1: "#", -1: "b", 0: ""}
+ACCIDENTAL_OF = {text: value for value, text in SPELLING.items()}
 NOTE = regex.compile(r"(?P<acc>\^\^|\^|__|_|=)?(?P<pitch>[A-Ga-g])(?P<octave>[,']*)")  # in grace notes
 SYMBOL = regex.compile(r'^"([A-G])([#b]?)([^/"]*)(?:/([A-G])([#b]?))?(.*)"$', regex.DOTALL)
+
+
+def fifths_of(letter: int, accidental: int, mode_fifths: int) -> int:
+    """Sharps (positive) or flats of the key with this tonic and mode."""
+    return LETTER_FIFTHS[LETTERS[letter]] + 7 * accidental + mode_fifths
 
 
 def natural_pitch(degree: int) -> int:
@@ -52,7 +58,7 @@ def natural_pitch(degree: int) -> int:
     return 12 * (degree // 7) + NATURAL[degree % 7]
 
 
-class KeyError_(ValueError):
+class UntransposableKey(ValueError):
     """A key this module cannot move exactly."""
 
 
@@ -67,18 +73,17 @@ class Key:
             if value.strip().lower() in ("", "none") or value.strip() in ("HP", "Hp"):
                 self.parts = None
                 return
-            raise KeyError_(f"K:{value.strip()} is not a key this can transpose")
+            raise UntransposableKey(f"K:{value.strip()} is not a key this can transpose")
         lead, letter, accidental, gap, mode, rest = match.groups()
         mode_key = mode.lower()[:3] if mode.lower() not in ("m", "") else mode.lower()
         if mode_key not in MODE_FIFTHS:  # a word that is no mode: K:D clef=bass is D major
             gap, mode, rest, mode_key = "", "", gap + mode + rest, ""
         if EXPLICIT.search(rest):
-            raise KeyError_(f"K:{value.strip()} names explicit accidentals; transposing it is not supported")
+            raise UntransposableKey(f"K:{value.strip()} names explicit accidentals; transposing it is not supported")
         self.parts = (lead, gap + mode, rest)
-        letter = letter.upper()
-        self.tonic = (LETTERS.index(letter), {"#": 1, "b": -1, "": 0}[accidental])
+        self.tonic = (LETTERS.index(letter.upper()), ACCIDENTAL_OF[accidental])
         self.mode_fifths = MODE_FIFTHS[mode_key]
-        self.fifths = LETTER_FIFTHS[letter] + 7 * self.tonic[1] + self.mode_fifths
+        self.fifths = fifths_of(*self.tonic, self.mode_fifths)
 
     def signature(self, letter: int) -> int:
         """The accidental the key gives a letter."""
@@ -97,16 +102,14 @@ class Key:
             accidental = (pitch - NATURAL[letter] + 6) % 12 - 6
             if abs(accidental) > 1:
                 continue
-            fifths = LETTER_FIFTHS[LETTERS[letter]] + 7 * accidental + self.mode_fifths
+            fifths = fifths_of(letter, accidental, self.mode_fifths)
             # Fewest accidentals; at six either way, sharps going up and flats going down.
             rank = (abs(fifths), -fifths if semitones % 12 <= 6 else fifths)
             if best is None or rank < best[0]:
-                best = (rank, letter, accidental)
-        _, letter, accidental = best
+                best = (rank, letter, accidental, fifths)
+        _, letter, accidental, fifths = best
         new = Key.__new__(Key)
-        new.parts, new.mode_fifths = self.parts, self.mode_fifths
-        new.tonic = (letter, accidental)
-        new.fifths = LETTER_FIFTHS[LETTERS[letter]] + 7 * accidental + self.mode_fifths
+        new.parts, new.mode_fifths, new.tonic, new.fifths = self.parts, self.mode_fifths, (letter, accidental), fifths
         return new, (letter - self.tonic[0]) % 7
 
     def text(self) -> str:
@@ -137,7 +140,7 @@ class Transposer:
     def key_change(self, value: str) -> str:
         try:
             self.key = Key(value)
-        except KeyError_ as e:
+        except UntransposableKey as e:
             self.error = self.error or str(e)
             return value
         self.new_key, self.steps = self.key.moved(self.semitones)
@@ -194,7 +197,7 @@ class Transposer:
 
     def chord_root(self, letter: str, accidental: str) -> str:
         index = LETTERS.index(letter)
-        pitch = (NATURAL[index] + {"#": 1, "b": -1, "": 0}[accidental] + self.semitones) % 12
+        pitch = (NATURAL[index] + ACCIDENTAL_OF[accidental] + self.semitones) % 12
         target = (index + self.steps) % 7
 
         def offset(letter: int) -> int:
