@@ -3,9 +3,17 @@
     python evaluate_checkpoints.py runs/music_abc_quick
     python evaluate_checkpoints.py runs/music_abc_quick --split test --num_samples 64 --seed 3407
 
-Writes RUN_DIR/eval/: metrics.json, metrics.csv, metrics.md (also printed), metrics.png, and
-samples/step-N/NNN.abc|.mid for every checkpoint and the final model. The `reference` row scores the
-held-out real tunes that gave the prompts with the same checkers, so each generated-tune score can be read
+Writes RUN_DIR/eval/: metrics.json, metrics.csv, metrics.md (also printed), metrics.png, and the samples
+of every checkpoint and the final model as .abc/.mid files with samples.jsonl. Each checkpoint is sampled
+twice from the same prompts and seed, and each set is scored:
+
+- `own`: the model's own tunes (samples/step-N/), what it learnt;
+- `constrained`: the same sampling through MetreLogitsProcessor (finetune/abc/constrain.py), which masks
+  tokens that would break ABC syntax or the metre (samples/step-N-constrained/); `--constrain none` skips it.
+
+metrics.json holds one row per checkpoint and kind (`"tunes": "own"` or `"constrained"`; the token metrics,
+loss to accuracy, are the checkpoint's and the same in both). The `reference` row (`"tunes": "real"`) scores
+the held-out real tunes that gave the prompts with the same checkers, so each generated-tune score can be read
 against what real music gets. Data, tokenizer and the training-tune index are loaded once for all checkpoints.
 """
 
@@ -19,7 +27,7 @@ import os
 import random
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from finetune.abc.check import check_tunes, resolve_checker
+from finetune.abc.check import check_tunes, resolve_checker, summarize
 from finetune.attention import PACKED_SDPA
 from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
@@ -38,11 +46,13 @@ from finetune.metrics import COLUMNS, TokenMetrics, format_cell, load_metric, pr
 from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.recipe import CliParser
-from finetune.report import chosen_steps, parse_steps, write_report
+from finetune.report import TUNE_KINDS, chosen_steps, parse_steps, samples_folder, write_report
 from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
 from finetune.sampling import Sample, SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
 
-PLOTTED = [name for name in COLUMNS if name not in ("step", "perplexity")]
+PLOTTED = [name for name in COLUMNS if name not in ("step", "tunes", "perplexity")]
+TOKEN_METRICS = ("loss", "bits_per_char", "accuracy")  # the checkpoint's, not its samples'
+
 
 
 @dataclass
@@ -111,19 +121,22 @@ def evaluation_args(batch_size: int, out_dir: str) -> TrainingArguments:
 
 
 class Scorer:
-    """The generation metrics (local `evaluate` modules), loaded once; the training-tune index is built once."""
+    """The generation metrics (local `evaluate` modules), loaded once; the training-tune index is built once.
 
-    def __init__(self, training_tunes: list[str], checker: str):
-        self.training_tunes, self.checker = training_tunes, checker
-        self.validity = load_metric("abc_validity")
+    Validity and bars come from the checker's verdicts, which samples.jsonl keeps too, so that the checker
+    (abc2midi: a process per tune) runs once per tune; metrics/abc_validity sums them the same way.
+    """
+
+    def __init__(self, training_tunes: list[str]):
+        self.training_tunes = training_tunes
         self.adherence = load_metric("header_adherence")
         self.novelty = load_metric("abc_novelty")
 
-    def __call__(self, tunes: list[str], prompts: list[str]) -> dict:
-        validity = self.validity.compute(predictions=tunes, checker=self.checker)
+    def __call__(self, tunes: list[str], checks: list[dict], prompts: list[str]) -> dict:
+        verdicts = summarize(checks)
         return {
-            "validity": validity["validity"],
-            "bar_consistency": validity["bar_consistency"],
+            "validity": verdicts["validity"],
+            "bar_consistency": verdicts["bar_consistency"],
             **self.adherence.compute(predictions=tunes, references=prompts),
             **self.novelty.compute(predictions=tunes, training_tunes=self.training_tunes),
         }
@@ -145,11 +158,15 @@ def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
 
     columns = 4
     fig, axes = plt.subplots(math.ceil(len(PLOTTED) / columns), columns, figsize=(13, 7), sharex=True)
-    steps = [row["step"] for row in rows]
+    kinds = [kind for kind in TUNE_KINDS if any(row["tunes"] == kind for row in rows)]
     for ax, name in zip(axes.flat, PLOTTED):
-        ax.plot(steps, [row.get(name, float("nan")) for row in rows], marker="o")
+        for kind in kinds[:1] if name in TOKEN_METRICS else kinds:
+            chosen = [row for row in rows if row["tunes"] == kind]
+            label = None if name in TOKEN_METRICS else f"{kind} tunes"
+            ax.plot([row["step"] for row in chosen], [row.get(name, float("nan")) for row in chosen], marker="o", label=label)
         if reference.get(name) is not None:
             ax.axhline(reference[name], color="tab:green", linestyle="--", label="real tunes")
+        if name not in TOKEN_METRICS:
             ax.legend(fontsize=7)
         ax.set_title(name.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3)
@@ -174,7 +191,7 @@ def write_results(out: Path, rows: list[dict], reference: dict, settings: dict) 
     table = markdown_table([*rows, {**reference, "step": "reference"}])
     _write(out / "metrics.json", json.dumps({"settings": settings, "rows": rows, "reference": reference}, indent=2) + "\n")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["step", "checkpoint", *list(COLUMNS)[1:]], extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=["step", "tunes", "checkpoint", *list(COLUMNS)[2:]], extrasaction="ignore")
     writer.writeheader()
     writer.writerows([*rows, {**reference, "step": "reference", "checkpoint": "real tunes"}])
     _write(out / "metrics.csv", buffer.getvalue())
@@ -191,8 +208,8 @@ def main(argv: list[str]) -> int:
         usage="evaluate_checkpoints.py RUN_DIR [--split validation|test] [--num_samples N] [--seed S] ...",
     )
     parser.add_argument("run_dir", help="the output_dir of a run_finetune.py run")
-    # The model's own tunes by default; `--constrain metre` scores what constrained sampling makes of them.
-    parser.set_defaults(num_samples=64, constrain="none")
+    # The model's own tunes are always scored; `--constrain metre` (the default) scores constrained ones too.
+    parser.set_defaults(num_samples=64)
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
@@ -210,13 +227,17 @@ def main(argv: list[str]) -> int:
     real = [texts[i] for i in chosen]
     fields = prompt_fields(data_args.keep_fields)
     prompts = [prompt_from_tune(tune, fields) for tune in real]
-    score = Scorer(training_tunes, checker)
-    reference = {"checkpoint": "real tunes", **score(real, prompts), "truncation": 0.0}
+    score = Scorer(training_tunes)
+    real_checks = check_tunes(real, checker)
+    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts), "truncation": 0.0}
     tokenizer = None
     out = Path(rest.run_dir) / "eval"
     out.mkdir(exist_ok=True)
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
-    write_samples(references, out / "samples" / "reference", label="real tune", checks=check_tunes(real, checker))
+    write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
+    kinds = {"own": replace(sample_args, constrain="none")}
+    if sample_args.constrain == "metre":
+        kinds["constrained"] = sample_args
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
     rows = []
@@ -239,21 +260,25 @@ def main(argv: list[str]) -> int:
             model.set_attn_implementation(PACKED_SDPA)  # packed held-out rows: each tune attends to itself
             numbers = trainer.evaluate(eval_dataset=packed[command.split])
             model.set_attn_implementation("sdpa")  # generation: stock SDPA, with its KV cache and padding mask
-            samples = generate_tunes(model, tokenizer, prompts, sample_args)
-            checks = check_tunes([s.text for s in samples], checker)
-            write_samples(samples, out / "samples" / f"step-{checkpoint.step}", label=f"step {checkpoint.step}", checks=checks)
-            rows.append(
-                {
-                    "step": checkpoint.step,
-                    "checkpoint": checkpoint.name,
-                    "loss": numbers["eval_loss"],
-                    "perplexity": math.exp(numbers["eval_loss"]),
-                    "bits_per_char": numbers["eval_bits_per_char"],
-                    "accuracy": numbers["eval_accuracy"],
-                    **score([s.text for s in samples], prompts),
-                    "truncation": sum(not s.ended for s in samples) / len(samples),
-                }
-            )
+            for kind, kind_args in kinds.items():
+                samples = generate_tunes(model, tokenizer, prompts, kind_args)
+                tunes = [s.text for s in samples]
+                checks = check_tunes(tunes, checker)
+                label = f"step {checkpoint.step}" + (f" {kind}" if kind != "own" else "")
+                write_samples(samples, out / "samples" / samples_folder(checkpoint.step, kind), label=label, checks=checks)
+                rows.append(
+                    {
+                        "step": checkpoint.step,
+                        "tunes": kind,
+                        "checkpoint": checkpoint.name,
+                        "loss": numbers["eval_loss"],
+                        "perplexity": math.exp(numbers["eval_loss"]),
+                        "bits_per_char": numbers["eval_bits_per_char"],
+                        "accuracy": numbers["eval_accuracy"],
+                        **score(tunes, checks, prompts),
+                        "truncation": sum(not s.ended for s in samples) / len(samples),
+                    }
+                )
             del model, trainer
 
     settings = {
@@ -263,11 +288,13 @@ def main(argv: list[str]) -> int:
         "prompt_fields": fields,
         "prompts": len(prompts),
         "sampling": asdict(sample_args),
+        "tunes": {kind: TUNE_KINDS[kind] for kind in kinds},
         "reference": f"the {len(real)} {command.split} tunes whose headers are the prompts",
     }
     table = write_results(out, rows, reference, settings)
     print(table, end="")
-    print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/step-N/ ({checker} checker, {command.split} split)")
+    folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)
+    print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/{{{folders}}} ({checker} checker, {command.split} split)")
     if command.report:
         print(f"Wrote {write_report(rest.run_dir, report_steps)}")
     return 0

@@ -21,8 +21,10 @@ from .tokenizer import BYTE_TOKEN
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
 
 # Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.
+# A checkpoint has a row per kind of tune (`tunes`: "own", "constrained"); the real tunes' row is "real".
 COLUMNS = {
     "step": "{}",
+    "tunes": "{}",
     "loss": "{:.4f}",
     "perplexity": "{:.3f}",
     "bits_per_char": "{:.4f}",

@@ -21,6 +21,16 @@ from .errors import UserError
 from .metrics import COLUMNS, format_cell
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+# The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.
+TUNE_KINDS = {
+    "own": "the model's own tunes: plain sampling",
+    "constrained": "constrained sampling: MetreLogitsProcessor masks tokens that would break ABC syntax or the metre",
+}
+
+
+def samples_folder(step: int | str, kind: str) -> str:
+    """Where under eval/samples/ a checkpoint's tunes of one kind are written."""
+    return f"step-{step}" if kind == "own" else f"step-{step}-{kind}"
 
 
 def _asset(name: str) -> str:
@@ -41,13 +51,20 @@ def _read_samples(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _checks(records: list[dict], checker: str) -> list[dict]:
+    """Each sample's verdict as samples.jsonl keeps it; samples written before it kept them are checked now."""
+    if all("valid" in r for r in records):
+        return records
+    return check_tunes([r["text"] for r in records], checker)
+
+
 def _metrics_table(report: dict) -> str:
-    rows = [*report["rows"], {**report["reference"], "step": "real tunes"}]
+    rows = [*report["rows"], {**report["reference"], "step": "real tunes", "tunes": "real"}]
     head = "".join(f"<th>{html.escape(name)}</th>" for name in COLUMNS)
     body = []
     for row in rows:
         cells = [html.escape(format_cell(name, row.get(name))) for name in COLUMNS]
-        css = ' class="reference"' if row["step"] == "real tunes" else ""
+        css = ' class="reference"' if row["step"] == "real tunes" else f' class="{row.get("tunes", "own")}"'
         body.append(f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f'<table class="metrics"><tr>{head}</tr>{"".join(body)}</table>'
 
@@ -79,7 +96,7 @@ def parse_steps(text: str | None) -> list[int] | None:
 
 def chosen_steps(rows: list[dict], steps: list[int] | None) -> list[int]:
     """The steps to show: those asked for, else the first and the last evaluated."""
-    known = [row["step"] for row in rows]
+    known = list(dict.fromkeys(row["step"] for row in rows))  # a step has a row per kind of tune
     if steps:
         missing = [s for s in steps if s not in known]
         if missing:
@@ -96,26 +113,28 @@ def build_report(run_dir: str, steps: list[int] | None = None) -> str:
     report = json.loads(metrics_path.read_text())
     settings = report["settings"]
     references = _read_samples(evaluation / "samples" / "reference")
-    reference_checks = check_tunes([r["text"] for r in references], settings["checker"])
+    reference_checks = _checks(references, settings["checker"])
     tunes, sections = [], []
     for step in chosen_steps(report["rows"], steps):
-        samples = _read_samples(evaluation / "samples" / f"step-{step}")
-        checks = check_tunes([s["text"] for s in samples], settings["checker"])
-        pairs = []
-        for i, (sample, check) in enumerate(zip(samples, checks)):
-            sample_id, real_id = f"s{step}-{i}", f"r{step}-{i}"
-            tunes.append({"id": sample_id, "abc": f"X:1\n{sample['text']}"})
-            cards = [_tune_card(sample_id, f"step {step} · sample {i + 1}", sample, check)]
-            if i < len(references):
-                tunes.append({"id": real_id, "abc": f"X:1\n{references[i]['text']}"})
-                cards.append(_tune_card(real_id, f"real tune {i + 1} (same header)", references[i], reference_checks[i]))
-            pairs.append(f'<div class="pair">{"".join(cards)}</div>')
-        row = next(r for r in report["rows"] if r["step"] == step)
-        sections.append(
-            f'<h2 id="step-{step}">Step {step}: {len(samples)} samples beside the real tunes that gave their headers</h2>'
-            f'<p>validity {row["validity"]:.2f} (real {report["reference"]["validity"]:.2f}) · bar consistency '
-            f'{row["bar_consistency"]:.2f} (real {report["reference"]["bar_consistency"]:.2f})</p>{"".join(pairs)}'
-        )
+        for row in (r for r in report["rows"] if r["step"] == step):
+            kind = row.get("tunes", "own")  # runs evaluated before constrained sampling have own tunes only
+            samples = _read_samples(evaluation / "samples" / samples_folder(step, kind))
+            name = f"step {step}" + ("" if kind == "own" else f" · {kind}")
+            pairs = []
+            for i, (sample, check) in enumerate(zip(samples, _checks(samples, settings["checker"]))):
+                sample_id, real_id = f"s{step}{kind[0]}-{i}", f"r{step}{kind[0]}-{i}"
+                tunes.append({"id": sample_id, "abc": f"X:1\n{sample['text']}"})
+                cards = [_tune_card(sample_id, f"{name} · sample {i + 1}", sample, check)]
+                if i < len(references):
+                    tunes.append({"id": real_id, "abc": f"X:1\n{references[i]['text']}"})
+                    cards.append(_tune_card(real_id, f"real tune {i + 1} (same header)", references[i], reference_checks[i]))
+                pairs.append(f'<div class="pair {kind}">{"".join(cards)}</div>')
+            sections.append(
+                f'<h2 id="{samples_folder(step, kind)}">Step {step}, {html.escape(kind)} tunes: {len(samples)} samples beside '
+                f'the real tunes that gave their headers</h2><p class="kind">{html.escape(TUNE_KINDS[kind])}. '
+                f'Validity {row["validity"]:.2f} (real {report["reference"]["validity"]:.2f}) · bar consistency '
+                f'{row["bar_consistency"]:.2f} (real {report["reference"]["bar_consistency"]:.2f})</p>{"".join(pairs)}'
+            )
     sampling = ", ".join(
         f"{k} {'up to the context' if v is None else v}" for k, v in settings["sampling"].items() if k != "batch_size"
     )

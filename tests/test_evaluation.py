@@ -174,22 +174,36 @@ def evaluation(run_dir):
 def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(evaluation):
     result, out = evaluation
     report = json.loads((out / "metrics.json").read_text())
-    assert [row["step"] for row in report["rows"]] == [3, 6, 9]  # the final model is step 9: not counted twice
-    bits = [row["bits_per_char"] for row in report["rows"]]
+    # the final model is step 9: not counted twice; each checkpoint's own tunes, then its constrained ones
+    assert [(row["step"], row["tunes"]) for row in report["rows"]] == [
+        (step, kind) for step in (3, 6, 9) for kind in ("own", "constrained")
+    ]
+    own = [row for row in report["rows"] if row["tunes"] == "own"]
+    bits = [row["bits_per_char"] for row in own]
     assert bits[-1] < bits[0]
+    for own_row, constrained_row in zip(own, report["rows"][1::2]):  # one checkpoint's token metrics, twice
+        assert own_row["bits_per_char"] == constrained_row["bits_per_char"]
+    assert sorted(report["settings"]["tunes"]) == ["constrained", "own"]
     reference = report["reference"]
     assert reference["validity"] >= 0.5 and reference["truncation"] == 0.0 and "loss" not in reference
     assert report["settings"]["sampling"]["top_k"] == 8 and report["settings"]["prompts"] == 4
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["step"] for r in rows] == ["3", "6", "9", "reference"]
+    assert [(r["step"], r["tunes"]) for r in rows][-3:] == [("9", "own"), ("9", "constrained"), ("reference", "real")]
     assert (out / "metrics.md").read_text() in result.stdout and (out / "metrics.png").stat().st_size > 10_000
-    for step in (3, 6, 9):
-        samples = out / "samples" / f"step-{step}"
+    for step, kind in ((3, ""), (6, ""), (9, ""), (3, "-constrained"), (9, "-constrained")):
+        samples = out / "samples" / f"step-{step}{kind}"
         assert len(list(samples.glob("*.abc"))) == 4
         records = [json.loads(line) for line in (samples / "samples.jsonl").read_text().splitlines()]
         assert all(r["text"].startswith(r["prompt"]) and r["prompt"].startswith("M:") for r in records)
         assert all((samples / r["midi"]).is_file() for r in records if r["midi"])
+        assert all(isinstance(r["valid"], bool) for r in records)  # the checker's verdict, kept with the tune
+    # The same prompts and seed: constrained tunes differ from the model's own where the mask changed a choice.
+    own_texts, constrained_texts = (
+        [json.loads(line)["text"] for line in (out / "samples" / f"step-9{kind}" / "samples.jsonl").read_text().splitlines()]
+        for kind in ("", "-constrained")
+    )
+    assert own_texts != constrained_texts
     real = [json.loads(line) for line in (out / "samples" / "reference" / "samples.jsonl").read_text().splitlines()]
     assert len(real) == 4 and sum(r["midi"] is not None for r in real) >= 3  # music21 reads real tunes
 
@@ -207,8 +221,9 @@ def test_report_renders_every_tune_offline_in_headless_chromium(evaluation, tmp_
     browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
                "--virtual-time-budget=20000", "--enable-logging=stderr", "--v=0"]
     dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
-    shown = 2 * 4 * 2  # first and last step, 4 samples each, each beside its real tune
+    shown = 2 * 2 * 4 * 2  # first and last step, own and constrained, 4 samples each, each beside its real tune
     body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    assert dom.stdout.count('class="pair constrained"') == 2 * 4  # the report marks which tunes were constrained
     assert f'data-rendered="{shown}"' in body and 'data-errors="0"' in body, body
     scores = re.findall(r'id="([^"]+)-score"[^>]*><svg', dom.stdout)
     assert len(scores) == shown and len(set(scores)) == shown

@@ -148,6 +148,16 @@ def check_tunes(tunes: list[str], checker: str = "auto") -> list[dict]:
     ]
 
 
+def summarize(results: list[dict]) -> dict:
+    """The share of tunes that are valid and of bars on the metre, over `check_tunes` results."""
+    bars = sum(r["bars_total"] for r in results)
+    return {
+        "validity": sum(r["valid"] for r in results) / len(results) if results else float("nan"),
+        "bar_consistency": 1 - sum(r["bars_off"] for r in results) / bars if bars else float("nan"),
+        "bars_total": bars,
+    }
+
+
 def _title(tune: str) -> str:
     return next((line[2:].strip() for line in tune.split("\n") if line.startswith("T:")), "")
 

@@ -28,6 +28,7 @@ the metre, the row keeps only the syntax for that step (its bar will be off), co
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,7 +37,7 @@ import regex
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from .reader import SECTION_BAR, SECTION_START, TOKEN, Reader
+from .reader import SECTION_BAR, SECTION_START, Reader, token_may_begin, whole_token
 
 # An inline field (a chord opens with a note instead): it could change what the prompt set, or start a voice.
 FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
@@ -106,6 +107,13 @@ def _reachable(reader: Reader, limit: Fraction) -> bool:
     return bool(reader.tuplet_left) or (reader.current / SHORTEST).denominator == 1
 
 
+def _whole(pending: str) -> regex.Match | None:
+    """The token being written, if it is one whole token already."""
+    token = whole_token(pending) if pending else None
+    return token[0] if token else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _written_as_tunes_write(pending: str) -> bool:
     """Could the token being read still become one that real tunes write (see WRITTEN_*)?"""
     if not pending:
@@ -194,7 +202,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         if ending:  # near the budget: end now, else close slurs, finish the token being written, close the bar
             if self._may_end(state):
                 return [self.eos]
-            writing = state.reader.pending and TOKEN.fullmatch(state.reader.pending) is None
+            writing = state.reader.pending and _whole(state.reader.pending) is None
             if state.reader.slurs and not writing and self.close_slur is not None and self._try(state, ")") is not None:
                 return [self.close_slur]
             if writing:  # a token half-written (`"Am`, `!tri`): complete it if one token can, else go on writing it
@@ -250,11 +258,11 @@ class MetreLogitsProcessor(LogitsProcessor):
             reader.field_line is not None
             or FIXED_INLINE_FIELD.match(reader.pending)
             # a letter that opens a line is held until the next character says field or note: it must be a note
-            or (reader.line_start and reader.pending and not TOKEN.fullmatch(reader.pending, partial=True))
+            or (reader.line_start and reader.pending and not token_may_begin(reader.pending))
             or not _written_as_tunes_write(reader.pending)
         ):
             return None
-        complete = TOKEN.fullmatch(reader.pending) if reader.pending else None
+        complete = _whole(reader.pending)
         if reader.pending and complete is None and BAR_START.match(reader.pending):
             # half a bar line (`:` of `:|`): allowed if a character more makes an allowed one
             return next((v for c in "|:]" if (v := self._try(state, text + c)) is not None), None) if len(text) < 8 else None
@@ -265,7 +273,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             done.flush()
             if len(done.problems) > len(before.problems):
                 return None
-        if done.multi_voice or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key):
+        if done.multi_voice or done.slurs > MAX_SLURS or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key):
             return None
         if not metre:
             return state.owed, state.opening
@@ -288,7 +296,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         shortened (`c` -> `c/`, `[ce]` -> `[ce]/`), as far as tunes shorten notes (three halvings)?"""
         if done.chord is None and _reachable(done, limit):
             return True
-        complete = TOKEN.fullmatch(reader.pending) if reader.pending else None
+        complete = _whole(reader.pending)
         shrinkable = complete is not None and any(complete.group(kind) is not None for kind in SHRINKABLE)
         for suffix in SHRINK if shrinkable else ("",):
             probe = reader.copy().feed(suffix)
@@ -361,7 +369,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         if self._try(state, text) is None:
             return False
         reader = state.reader.copy().feed(text)
-        return (not reader.pending or TOKEN.fullmatch(reader.pending) is not None) and reader.chord is None
+        return (not reader.pending or _whole(reader.pending) is not None) and reader.chord is None
 
     def _may_end(self, state: RowState) -> bool:
         """The tune may end here: in the body, after a bar line, with nothing left open."""

@@ -15,7 +15,7 @@ the metre, with the short bars that ABC practice writes on purpose (pickups, bar
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -67,6 +67,7 @@ SECTION_START = regex.compile(r"\|:|::|\|\||\[\||\|\]")
 LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_length(text: str) -> Fraction | None:
     """`3/2` -> 3/2, `/` -> 1/2, `//` -> 1/4, `3` -> 3, `` -> 1 (in units of L:); None if it is no length."""
     match = LENGTH.fullmatch(text)
@@ -94,9 +95,29 @@ def parse_meter(value: str) -> Fraction | None | str:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def bar_units(meter: Fraction | None, unit: Fraction | None) -> Fraction | None:
+    """What a bar lasts in units of L: (`unit`, else M:'s default) under `meter`; None for free meter."""
+    return meter / (unit or default_unit(meter)) if meter is not None else None
+
+
 def default_unit(meter: Fraction | None) -> Fraction:
     """ABC 2.1, 3.1.7: 1/16 for meters below 3/4, else 1/8."""
     return Fraction(1, 16) if meter is not None and meter < Fraction(3, 4) else Fraction(1, 8)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def whole_token(text: str) -> tuple[regex.Match, str] | None:
+    """`text` read as one token: (its match, its kind of TOKEN_KINDS), or None. Memoized, as is
+    `token_may_begin`: tunes repeat a few hundred tokens, and the sampler asks about each again at every step."""
+    match = TOKEN.fullmatch(text)
+    return (match, next(name for name in TOKEN_KINDS if match.group(name) is not None)) if match else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def token_may_begin(text: str) -> bool:
+    """Could some token still begin with `text`?"""
+    return TOKEN.fullmatch(text, partial=True) is not None
 
 
 def tuplet_default_q(p: int, meter: Fraction | None) -> int:
@@ -118,6 +139,9 @@ class Bar:
     line: int  # the line it closes on, from 1
     readable: bool = True  # every character of it was ABC
     line_end: bool = False  # nothing but space or comments follows its closing bar line on that line
+
+    def copy(self) -> Bar:
+        return Bar(self.duration, self.wanted, self.before, self.after, self.line, self.readable, self.line_end)
 
 
 @dataclass
@@ -157,10 +181,11 @@ class Reader:
 
     def copy(self) -> Reader:
         """An independent reader in the same state (bars and problems are copied lists of immutable facts)."""
-        twin = copy.copy(self)
+        twin = object.__new__(Reader)  # copy.copy, without its generic (and for the sampler, slow) protocol
+        twin.__dict__.update(self.__dict__)
         twin.bars, twin.problems = list(self.bars), list(self.problems)
         if self.bars:  # the last bar may still learn that it ends its line
-            twin.bars[-1] = copy.copy(self.bars[-1])
+            twin.bars[-1] = self.bars[-1].copy()
         if self.chord is not None:
             twin.chord = list(self.chord)
         return twin
@@ -168,7 +193,7 @@ class Reader:
     # ------------------------------------------------------------------ what the music asks for
     def wanted(self) -> Fraction | None:
         """The bar length in L: units that M: asks for now; None for free meter."""
-        return self.meter / (self.unit or default_unit(self.meter)) if self.meter is not None else None
+        return bar_units(self.meter, self.unit)
 
     def problem(self, message: str, in_bar: bool = True) -> None:
         """Record text that is not ABC; the bar it stands in cannot be said to keep the metre."""
@@ -209,7 +234,7 @@ class Reader:
         """Longest-match lexing: keep extending the pending token while some token could still begin so."""
         while queue:
             candidate = self.pending + queue[0]
-            if len(candidate) <= MAX_TOKEN and TOKEN.fullmatch(candidate, partial=True):
+            if len(candidate) <= MAX_TOKEN and token_may_begin(candidate):
                 self.pending, queue = candidate, queue[1:]
             elif not self.pending:  # no token starts with this character
                 self._unexpected(queue[0])
@@ -222,9 +247,9 @@ class Reader:
         text = self.pending
         self.pending = ""
         for end in range(len(text), 0, -1):
-            match = TOKEN.fullmatch(text[:end])
-            if match:
-                self._token(match)
+            token = whole_token(text[:end])
+            if token:
+                self._token(*token)
                 return text[end:]
         if text:
             self._unexpected(text[0])
@@ -301,8 +326,7 @@ class Reader:
             self.problem("music before the K: field")
             self.in_body = True
 
-    def _token(self, match: regex.Match) -> None:
-        kind = next(name for name in TOKEN_KINDS if match.group(name) is not None)
+    def _token(self, match: regex.Match, kind: str) -> None:
         self._hear("token", match)
         if kind in ("space", "comment", "continuation"):
             return
@@ -387,8 +411,9 @@ class Reader:
         if self.tuplet_left:
             length *= self.tuplet_ratio
             self.tuplet_left -= 1
-        length *= self.pending_broken
-        self.pending_broken = Fraction(1)
+        if self.pending_broken != 1:
+            length *= self.pending_broken
+            self.pending_broken = Fraction(1)
         self.current += length
         self.last_note, self.has_notes = length, True
 

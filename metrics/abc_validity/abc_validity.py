@@ -12,7 +12,7 @@ Needs the repository root on the Python path (it imports `finetune`).
 import datasets
 import evaluate
 
-from finetune.abc.check import check_tunes
+from finetune.abc.check import check_tunes, summarize
 
 
 class AbcValidity(evaluate.Metric):
@@ -26,10 +26,4 @@ class AbcValidity(evaluate.Metric):
 
     def _compute(self, predictions, checker="auto"):
         results = check_tunes(list(predictions), checker)
-        bars = sum(r["bars_total"] for r in results)
-        return {
-            "validity": sum(r["valid"] for r in results) / len(results) if results else float("nan"),
-            "bar_consistency": 1 - sum(r["bars_off"] for r in results) / bars if bars else float("nan"),
-            "bars_total": bars,
-            "checker": results[0]["checker"] if results else checker,
-        }
+        return {**summarize(results), "checker": results[0]["checker"] if results else checker}

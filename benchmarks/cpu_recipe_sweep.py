@@ -1,0 +1,84 @@
+"""The sweep that chose recipes/music_abc_cpu.json: short runs of its variants, each scored on its tunes.
+
+    python benchmarks/cpu_recipe_sweep.py                 # every variant (~15 min each on 2 cores)
+    python benchmarks/cpu_recipe_sweep.py --only lr2e-3   # one of them
+
+Every variant trains `--steps` optimizer steps of the recipe with a few keys overridden (VARIANTS), then
+evaluate_checkpoints.py scores its final model: bits per character, and validity and bars on the metre of 64
+held-out prompts' tunes, the model's own and constrained. Rows are appended to
+benchmarks/results/cpu-recipe-sweep.{json,md} with the machine and the wall time of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = "recipes/music_abc_cpu.json"
+# name -> flags over the recipe. The first is the recipe as it stands.
+VARIANTS = {
+    "recipe": [],
+    "lr2e-3": ["--learning_rate", "2e-3"],
+    "lr5e-4": ["--learning_rate", "5e-4"],
+    "narrow-deep (192x6)": ["--model_config", '{"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 4}'],
+    "wide (384x4)": ["--model_config", '{"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 6}'],
+    "transpose +-1,2": ["--transpose_train", "-2", "-1", "1", "2"],
+    "bf16": ["--bf16", "true"],
+}
+COLUMNS = ["variant", "steps", "train_minutes", "bits_per_char", "own_validity", "own_bars", "constrained_validity", "constrained_bars"]
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def sweep_one(name: str, flags: list[str], steps: int, out_root: Path) -> dict:
+    out = out_root / "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    if not (out / "train_results.json").exists():  # a trained variant is only evaluated again
+        run([sys.executable, "run_finetune.py", RECIPE, *flags, "--max_steps", str(steps), "--output_dir", str(out),
+             "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "25"])
+    minutes = json.loads((out / "train_results.json").read_text())["train_runtime"] / 60
+    run([sys.executable, "evaluate_checkpoints.py", str(out)])
+    rows = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
+    own, constrained = (next(r for r in reversed(rows) if r["tunes"] == tunes) for tunes in ("own", "constrained"))
+    return {
+        "variant": name, "flags": flags, "steps": steps, "train_minutes": round(minutes, 1),
+        "bits_per_char": own["bits_per_char"],
+        "own_validity": own["validity"], "own_bars": own["bar_consistency"],
+        "constrained_validity": constrained["validity"], "constrained_bars": constrained["bar_consistency"],
+        "machine": f"{platform.node()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
+    }
+
+
+def write(rows: list[dict], path: Path) -> None:
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and c != "train_minutes" else str(row[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run only these variants")
+    parser.add_argument("--steps", type=int, default=240, help="optimizer steps per variant (240: ~12 min on 2 cores)")
+    parser.add_argument("--out", default="runs/sweep", help="folder for the variants' runs")
+    args = parser.parse_args()
+    results = REPO / "benchmarks" / "results" / "cpu-recipe-sweep"
+    rows = json.loads(results.with_suffix(".json").read_text()) if results.with_suffix(".json").exists() else []
+    for name in args.only or list(VARIANTS):
+        row = sweep_one(name, VARIANTS[name], args.steps, REPO / args.out)
+        rows = [r for r in rows if not (r["variant"] == name and r["steps"] == row["steps"])] + [row]
+        write(rows, results)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
