@@ -44,15 +44,13 @@ FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
 # (`"Am7/G"`) and annotations (`"^fine"`) rather than free text in quotes; named decorations; notes in grace groups.
-BODY_TEXT = regex.compile(r"^[ -$&-~\n]*$")
+BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
 WRITTEN_TOKEN = regex.compile(
     r"""
-    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][ !\#-~]{1,40})"
-  | ([!+])(?:trill|lowermordent|uppermordent|mordent|pralltriller|roll|turn|turnx|invertedturn|arpeggio|accent
-        |emphasis|fermata|invertedfermata|tenuto|[0-5]|plus|snap|slide|wedge|upbow|downbow|open|thumb|breath
-        |p{1,4}|mp|mf|f{1,4}|sfz|crescendo[()]|diminuendo[()]|segno|coda|D\.S\.|D\.C\.|dacoda|dacapo|fine
-        |shortphrase|mediumphrase|longphrase|[<>][()]|>)\1
-  | \{/?(?:[\^_=]?[A-Ga-g][,']{0,2}[1-4]?/{0,2}[2-8]?){1,8}\}
+    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][ !\#-\[\]-~]{1,40})"
+  | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
+        |[<>][()])!
+  | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}
     """,
     regex.VERBOSE,
 )
@@ -60,11 +58,15 @@ WRITTEN_TOKEN = regex.compile(
 # up to 16 units, halved up to three times.
 WRITTEN_BAR = regex.compile(r"\||\|\||\|\]|\|:|:\||::|\[\||\|[12]|:\|[12]|:\|\]|\[[12]")
 BAR_START = regex.compile(r"^(?::|\||\[\||\[\d)")
-WRITTEN_NOTE = regex.compile(r"(?:\^\^|\^|__|_|=)?[A-Ga-gzx](?:,{1,3}|'{1,3})?(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
+WRITTEN_NOTE = regex.compile(r"(?:(?:\^\^|\^|__|_|=)?(?:[A-G],{0,3}|[a-g]'{0,3})|[zx])(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
 WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
 # Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
+DECORATED = regex.compile(r"[\^_=A-Ga-gzx\[]")
+GRACED = regex.compile(r"[\^_=A-Ga-g\[]")
+TIED = regex.compile(r"[A-Ga-g\[| `y]")
+ONE_DECORATION = regex.compile(r"[.~HLMOPSTuv]")
 SHRINKABLE = ("note", "rest", "chord_end")
 SHRINK = ("", "/", "//", "///")
 SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
@@ -91,7 +93,7 @@ def _promised(reader: Reader) -> Fraction:
     calls for (after `c<`, d counts 3/2: at its shortest on the grid of eighths of a unit, 3/8) and the rest of a
     tuplet."""
     promised = Fraction(0)
-    if reader.pending_broken != 1 or reader.pending[:1] in ("^", "_", "="):
+    if reader.pending_broken != 1 or reader.pending[:1] in ("^", "_", "=", "{") or reader.decorated or reader.graced:
         promised += SHORTEST * reader.pending_broken.numerator
     if reader.tuplet_left:
         promised += SHORTEST * reader.tuplet_ratio * reader.tuplet_left
@@ -252,7 +254,10 @@ class MetreLogitsProcessor(LogitsProcessor):
         if before.in_body and not BODY_TEXT.match(text):
             return None
         reader = before.copy().feed(text)
-        if len(reader.problems) > len(before.problems) or reader.multi_voice or reader.slurs > MAX_SLURS:
+        if (
+            len(reader.problems) > len(before.problems) or reader.multi_voice or reader.slurs > MAX_SLURS
+            or reader.quirks > before.quirks
+        ):
             return None
         if before.in_body and (
             reader.field_line is not None
@@ -260,6 +265,10 @@ class MetreLogitsProcessor(LogitsProcessor):
             # a letter that opens a line is held until the next character says field or note: it must be a note
             or (reader.line_start and reader.pending and not token_may_begin(reader.pending))
             or not _written_as_tunes_write(reader.pending)
+            # after a decoration, only what may carry it: a note, a rest, a chord (one decoration to a note)
+            or reader.decorated and reader.pending and not DECORATED.match(reader.pending)
+            or reader.graced and reader.pending and not GRACED.match(reader.pending)
+            or reader.tied and reader.pending and not TIED.match(reader.pending)
         ):
             return None
         complete = _whole(reader.pending)
@@ -273,6 +282,11 @@ class MetreLogitsProcessor(LogitsProcessor):
             done.flush()
             if len(done.problems) > len(before.problems):
                 return None
+        if (
+            done.quirks > before.quirks
+            or done.decorated and not ONE_DECORATION.fullmatch(done.decorated)  # one to a note, as tunes write
+        ):
+            return None
         if done.multi_voice or done.slurs > MAX_SLURS or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key):
             return None
         if not metre:
@@ -352,8 +366,10 @@ class MetreLogitsProcessor(LogitsProcessor):
         before = state.reader
         done = before.copy().feed(text)
         done.flush()
-        if len(done.problems) > len(before.problems) or done.chord is not None or len(done.bars) <= len(before.bars):
+        if len(done.problems) > len(before.problems) or done.chord is not None or done.quirks > before.quirks:
             return False
+        if len(done.bars) <= len(before.bars):  # no music since the last bar line: it may close a variant ending
+            return before.ending_open and not done.ending_open and not done.has_notes
         return not done.has_notes and self._may_close_last(state, done.bars[-1])
 
     @staticmethod
@@ -387,4 +403,8 @@ class MetreLogitsProcessor(LogitsProcessor):
             and done.slurs == 0
             and done.tuplet_left == 0
             and done.pending_broken == 1
+            and not done.decorated
+            and not done.ending_open  # abc2midi wants the last variant ending closed (`|]`, `||`, `:|`)
+            and not done.tied
+            and not done.graced
         )

@@ -61,6 +61,8 @@ TOKEN = regex.compile(
 )
 TOKEN_KINDS = ("space", "continuation", "comment", "field", "bar", "note", "rest", "measures", "chord_start",
                "chord_end", "grace", "symbol", "decoration", "tuplet", "slur", "tie", "broken", "overlay")
+# Decorations abc2midi cannot put on a chord.
+ROLLS = ("~", "T")
 # Bar lines that open or close a section: repeats, double bars, endings.
 SECTION_BAR = regex.compile(r":|\|\||\|\]|\[\||\d")
 SECTION_START = regex.compile(r"\|:|::|\|\||\[\||\|\]")
@@ -175,6 +177,20 @@ class Reader:
     field_line: str | None = None
     content_since_bar: bool = False
     finished: bool = False
+    # What abc2midi refuses although ABC allows it, counted for the sampler (the checker leaves it to abc2midi):
+    # a one-character decoration (`~`, `H`, `.`) not followed by a note, rest or chord, a roll or trill (`~`,
+    # `T`) on a chord; a second `|:` before the first is closed, `::` right after a `:|`; a variant ending (`|2`)
+    # before the last is closed; a tie after anything but a note or chord, or before anything but bar lines,
+    # space and a note (of the same pitch) or chord; grace notes followed by anything but a note or chord.
+    quirks: int = 0
+    decorated: str = ""  # one-character decorations waiting for their note
+    repeat: str = "start"  # "open" after `|:` or `::`, "closed" after `:|`
+    ending_open: bool = False
+    last_kind: str = ""  # of the token before
+    tied: bool = False  # a tie waits for its next note, of this pitch (None: after a chord)
+    tied_pitch: str | None = None
+    pitch: str = ""  # of the last note
+    graced: bool = False  # grace notes wait for theirs
     # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
     # ("field", text) for a field line, ("text", text) for a newline or a character that is no ABC.
     listener: Callable[..., None] | None = None
@@ -276,6 +292,10 @@ class Reader:
         if self.line_start and self.pending:  # a lone letter on its line
             self.line_start = False
         self.flush()
+        if self.decorated:
+            self.quirks += 1
+            self.decorated = ""
+        self.last_kind = "line end"
         if self.field_line is None:
             if self.chord is not None:
                 self.problem("chord '[' not closed on its line")
@@ -328,6 +348,26 @@ class Reader:
 
     def _token(self, match: regex.Match, kind: str) -> None:
         self._hear("token", match)
+        if self.decorated and kind not in ("note", "rest", "decoration"):
+            self.quirks += kind != "chord_start" or any(roll in self.decorated for roll in ROLLS)
+            self.decorated = ""
+        if self.graced and kind not in ("note", "chord_start"):
+            self.quirks += 1
+        if self.tied and kind not in ("note", "chord_start", "bar", "space", "comment", "continuation"):
+            self.quirks += 1
+        elif self.tied and kind == "bar" and (":" in match.group() or any(c.isdigit() for c in match.group())):
+            self.quirks += 1  # no tie across a repeat or into a variant ending
+        if kind == "tie":
+            self.quirks += self.last_kind not in ("note", "chord_end")
+            self.tied_pitch = self.pitch if self.last_kind == "note" else None
+        elif kind == "note":
+            pitch = match.group("pitch") + match.group("octave")
+            self.quirks += self.tied and self.tied_pitch is not None and pitch != self.tied_pitch
+            self.pitch = pitch
+        self.tied = kind == "tie" or self.tied and kind not in ("note", "rest", "chord_start")
+        self.graced = kind == "grace"
+        if kind != "comment":
+            self.last_kind = kind
         if kind in ("space", "comment", "continuation"):
             return
         self._music()
@@ -336,13 +376,17 @@ class Reader:
             letter, value = match.group()[1], match.group()[3:-1]
             if letter in "ML":
                 self._field(letter, value)
+        elif kind == "decoration" and len(match.group()) == 1:  # `!trill!` and `+trill+` may stand alone
+            self.decorated += match.group()
         elif kind == "bar":
+            self._repeats(match.group())
             if self.chord is not None:
                 self.problem("bar line inside a chord")
                 self.chord = None
             self._close_bar(match.group())
             self.content_since_bar = False
         elif kind in ("note", "rest"):
+            self.decorated = ""
             text = match.group("len") if kind == "note" else match.group("rlen")
             length = parse_length(text)
             if length is None:
@@ -371,6 +415,23 @@ class Reader:
             self.slurs = self.slurs + 1 if match.group() == "(" else max(self.slurs - 1, 0)
         elif kind == "overlay":
             self.multi_voice = True
+
+    def _repeats(self, bar: str) -> None:
+        """Follow repeats and variant endings as abc2midi does (see `quirks`)."""
+        if bar.startswith(":") or "||" in bar or "|]" in bar or "|:" in bar:
+            self.ending_open = False
+        opens = bar.rstrip("0123456789,- [").endswith(":")
+        if opens and bar.startswith(":"):  # `::` closes one section and opens the next
+            self.quirks += self.repeat == "closed"
+            self.repeat = "open"
+        elif opens:  # `|:`
+            self.quirks += self.repeat == "open"
+            self.repeat = "open"
+        elif bar.startswith(":"):
+            self.repeat = "closed"
+        if any(c.isdigit() for c in bar):
+            self.quirks += self.ending_open
+            self.ending_open = True
 
     def _chord_end(self, length_text: str) -> None:
         if self.chord is None:
