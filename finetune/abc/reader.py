@@ -187,6 +187,7 @@ class Reader:
     repeat: str = "start"  # "open" after `|:` or `::`, "closed" after `:|`
     ending_open: bool = False
     last_kind: str = ""  # of the token before
+    last_bar: str = ""  # the last bar line
     tied: bool = False  # a tie waits for its next note, of this pitch (None: after a chord)
     tied_pitch: str | None = None
     pitch: str = ""  # of the last note
@@ -348,6 +349,7 @@ class Reader:
 
     def _token(self, match: regex.Match, kind: str) -> None:
         self._hear("token", match)
+        previous = self.last_kind
         if self.decorated and kind not in ("note", "rest", "decoration"):
             self.quirks += kind != "chord_start" or any(roll in self.decorated for roll in ROLLS)
             self.decorated = ""
@@ -379,7 +381,7 @@ class Reader:
         elif kind == "decoration" and len(match.group()) == 1:  # `!trill!` and `+trill+` may stand alone
             self.decorated += match.group()
         elif kind == "bar":
-            self._repeats(match.group())
+            self._repeats(match.group(), previous)
             if self.chord is not None:
                 self.problem("bar line inside a chord")
                 self.chord = None
@@ -416,7 +418,7 @@ class Reader:
         elif kind == "overlay":
             self.multi_voice = True
 
-    def _repeats(self, bar: str) -> None:
+    def _repeats(self, bar: str, previous: str) -> None:
         """Follow repeats and variant endings as abc2midi does (see `quirks`)."""
         if bar.startswith(":") or "||" in bar or "|]" in bar or "|:" in bar:
             self.ending_open = False
@@ -429,9 +431,13 @@ class Reader:
             self.repeat = "open"
         elif bar.startswith(":"):
             self.repeat = "closed"
-        if any(c.isdigit() for c in bar):
-            self.quirks += self.ending_open
+        digits = [c for c in bar if c.isdigit()]
+        if digits:
+            # a second ending follows the repeat it completes: `:|2`, `:| [2`
+            after_repeat = bar.startswith(":") or previous == "bar" and self.last_bar.startswith(":")
+            self.quirks += self.ending_open or (digits[0] != "1" and not after_repeat)
             self.ending_open = True
+        self.last_bar = bar
 
     def _chord_end(self, length_text: str) -> None:
         if self.chord is None:
