@@ -38,13 +38,13 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def sweep_one(name: str, flags: list[str], steps: int, out_root: Path) -> dict:
+def sweep_one(name: str, flags: list[str], steps: int, out_root: Path, recipe: str, eval_flags: list[str]) -> dict:
     out = out_root / "".join(c if c.isalnum() or c in "-." else "_" for c in name)
     if not (out / "train_results.json").exists():  # a trained variant is only evaluated again
-        run([sys.executable, "run_finetune.py", RECIPE, *flags, "--max_steps", str(steps), "--output_dir", str(out),
+        run([sys.executable, "run_finetune.py", recipe, *flags, "--max_steps", str(steps), "--output_dir", str(out),
              "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "25"])
     minutes = json.loads((out / "train_results.json").read_text())["train_runtime"] / 60
-    run([sys.executable, "evaluate_checkpoints.py", str(out)])
+    run([sys.executable, "evaluate_checkpoints.py", str(out), *eval_flags])
     rows = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
     own, constrained = (next(r for r in reversed(rows) if r["tunes"] == tunes) for tunes in ("own", "constrained"))
     return {
@@ -70,11 +70,15 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run only these variants")
     parser.add_argument("--steps", type=int, default=240, help="optimizer steps per variant (240: ~12 min on 2 cores)")
     parser.add_argument("--out", default="runs/sweep", help="folder for the variants' runs")
+    parser.add_argument("--recipe", default=RECIPE, help="the recipe the variants change")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "cpu-recipe-sweep"),
+                        help="where the table goes (.json and .md are added)")
+    parser.add_argument("--num_samples", type=int, default=64, help="held-out prompts each variant's tunes answer")
     args = parser.parse_args()
-    results = REPO / "benchmarks" / "results" / "cpu-recipe-sweep"
+    results = Path(args.results)
     rows = json.loads(results.with_suffix(".json").read_text()) if results.with_suffix(".json").exists() else []
     for name in args.only or list(VARIANTS):
-        row = sweep_one(name, VARIANTS[name], args.steps, REPO / args.out)
+        row = sweep_one(name, VARIANTS[name], args.steps, REPO / args.out, args.recipe, ["--num_samples", str(args.num_samples)])
         rows = [r for r in rows if not (r["variant"] == name and r["steps"] == row["steps"])] + [row]
         write(rows, results)
         print(json.dumps(row), flush=True)

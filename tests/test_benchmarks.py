@@ -50,3 +50,19 @@ def test_data_scale_benchmark_measures_a_real_dry_run(tmp_path):
     # All 3000 tunes survive deduplication: the plan's tokens are three times the 1000-tune run's.
     rate = results["dry run over 3000 tunes: preparation tokens/s"]
     assert rate["value"] * results["dry run over 3000 tunes: seconds vs 1000"]["value"] > 3000 * 150
+
+
+def test_cpu_recipe_sweep_trains_evaluates_and_tabulates_a_variant(tmp_path):
+    """benchmarks/cpu_recipe_sweep.py: a variant trains, its final model is scored own and constrained, and the
+    row lands in the table (here the tiny recipe, 2 steps, 4 prompts)."""
+    results = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cpu_recipe_sweep.py", "--recipe", str(TINY_RECIPE), "--only", "lr2e-3", "--steps", "2",
+         "--out", str(tmp_path / "runs"), "--results", str(results), "--num_samples", "4"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(results.with_suffix(".json").read_text())
+    assert row["variant"] == "lr2e-3" and row["steps"] == 2 and row["flags"] == ["--learning_rate", "2e-3"]
+    assert all(0 <= row[key] <= 1 for key in ("own_validity", "own_bars", "constrained_validity", "constrained_bars"))
+    assert "| lr2e-3 | 2 |" in results.with_suffix(".md").read_text()

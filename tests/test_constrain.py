@@ -60,6 +60,24 @@ def test_the_tune_ends_only_after_a_bar_line_with_nothing_open():
     assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|[df")  # a chord left open
 
 
+def test_what_abc2midi_refuses_is_not_written():
+    """ABC allows these; abc2midi does not read them (each checked against abc2midi when the rules were made)."""
+    decorated = allowed_after(HEADER + "A|d2d ~")
+    assert "d" in decorated and not {" ", "|", "~", "H", '"', "{", "("} & decorated  # the roll waits for its note
+    assert "[" not in decorated  # no roll on a chord
+    tied = allowed_after(HEADER + "A|d2d d2-")
+    assert "d" in tied and not {"e", "z", "^", "H", ":|"} & tied  # a tie waits for a note of the same pitch
+    graced = allowed_after(HEADER + "A|d2d d{e}")
+    assert "e" in graced and not {" ", "|", "~", '"', "{"} & graced  # grace notes wait for their note
+    assert "|1" not in allowed_after(HEADER + "|:A|d2d dcd|1d3 d3")  # a second ending needs the first closed
+    assert "|2" not in allowed_after(HEADER + "|:A|d2d dcd|d3 d3||")  # ... and the repeat it completes
+    assert "|:" not in allowed_after(HEADER + "|:A|d2d dcd|d3 d3")  # no second `|:` while one is open
+    assert "</s>" not in allowed_after(HEADER + "|:A|d2d dcd:|2d3 d3|")  # an ending left open
+    assert "</s>" in allowed_after(HEADER + "|:A|d2d dcd:|2d3 d3|]")
+    # octave marks by case: `e,` and `E'` are refused
+    assert "," not in allowed_after(HEADER + "A|d2d dce") and "'" not in allowed_after(HEADER + "A|d2d dcE")
+
+
 def test_near_the_budget_only_the_ending_is_kept():
     assert allowed_after(HEADER + "A|d2d dcd|d3 d2|]", max_new_tokens=3) == {"</s>"}
 

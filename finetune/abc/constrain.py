@@ -136,6 +136,15 @@ def _written_as_tunes_write(pending: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4)
+def token_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, ...]:
+    """Each token id's text, decoded once per tokenizer (a processor is made per batch); None for special tokens
+    and for pieces that are no text on their own (byte pieces of a character)."""
+    special = set(tokenizer.all_special_ids)
+    texts = (None if token_id in special else tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
+    return tuple(text if text and "\ufffd" not in text else None for text in texts)
+
+
 class MetreLogitsProcessor(LogitsProcessor):
     """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
 
@@ -147,11 +156,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         self.keep, self.max_new_tokens = keep, max_new_tokens
         # The sampling that follows, to stop looking once top-p's choice cannot change (see _nucleus_settled).
         self.temperature, self.top_p = temperature, top_p
-        special = set(tokenizer.all_special_ids)
-        self.texts: list[str | None] = []
-        for token_id in range(len(tokenizer)):
-            text = None if token_id in special else tokenizer.decode([token_id])
-            self.texts.append(text if text and "\ufffd" not in text else None)
+        self.texts = token_texts(tokenizer)
         self.close_slur = self.texts.index(")") if ")" in self.texts else None
         self.tokenizer = tokenizer
         self.rows: list[RowState] | None = None
