@@ -68,6 +68,9 @@ class EvalCommand:
     report_steps: str | None = field(
         default=None, metadata={"help": "Steps whose samples the report shows, comma-separated; default first and last."}
     )
+    steps: str | None = field(
+        default=None, metadata={"help": "Evaluate only the checkpoints of these steps, comma-separated; default all."}
+    )
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,10 @@ def main(argv: list[str]) -> int:
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
     checkpoints = find_checkpoints(rest.run_dir)
+    if command.steps:
+        wanted = parse_steps(command.steps)
+        chosen_steps([{"step": c.step} for c in checkpoints], wanted)  # an unknown step fails here, by name
+        checkpoints = [c for c in checkpoints if c.step in wanted]
     chosen_steps([{"step": c.step} for c in checkpoints], report_steps)  # a step that will not exist fails now
     try:
         checker = resolve_checker(command.checker)

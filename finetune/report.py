@@ -100,7 +100,7 @@ def chosen_steps(rows: list[dict], steps: list[int] | None) -> list[int]:
     if steps:
         missing = [s for s in steps if s not in known]
         if missing:
-            raise UserError(f"no evaluated checkpoint at step {missing[0]}; evaluated steps: {known}")
+            raise UserError(f"no checkpoint at step {missing[0]}; the steps there are {known}")
         return steps
     return sorted({known[0], known[-1]})
 

@@ -78,6 +78,14 @@ def test_what_abc2midi_refuses_is_not_written():
     assert "," not in allowed_after(HEADER + "A|d2d dce") and "'" not in allowed_after(HEADER + "A|d2d dcE")
 
 
+def test_no_empty_line_and_no_run_of_spaces():
+    """An empty line ends a tune in ABC; a run of spaces is how a model fills a bar it may not close."""
+    assert "\n" not in allowed_after(HEADER)  # the body's first line
+    assert "\n" not in allowed_after(HEADER + "A|d2d dcd|\n ")
+    assert "\n" in allowed_after(HEADER + "A|d2d dcd|")
+    assert " " not in allowed_after(HEADER + "A|d2d ") and " " in allowed_after(HEADER + "A|d2d")
+
+
 def test_near_the_budget_only_the_ending_is_kept():
     assert allowed_after(HEADER + "A|d2d dcd|d3 d2|]", max_new_tokens=3) == {"</s>"}
 

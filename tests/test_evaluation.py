@@ -305,3 +305,15 @@ def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_rea
     assert (tmp_path / "a.mid").stat().st_size > 0
     long_tune = "X:1\nM:6/8\nL:1/8\nK:D\n" + "|:ABc def:|\n" * 300
     assert write_midi(long_tune, tmp_path / "b.mid", seconds=0.05).startswith("_TooSlow: gave up after 0.05 s")
+
+
+def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval"))
+    result = evaluate_run(copy, "--steps", "7")
+    assert result.returncode == 2 and "no checkpoint at step 7; the steps there are [3, 6, 9]" in result.stderr
+    assert not (copy / "eval").exists()
+    result = evaluate_run(copy, "--steps", "6", "--num_samples", 2, "--max_new_tokens", 16, "--constrain", "none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((copy / "eval" / "metrics.json").read_text())["rows"]
+    assert [(row["step"], row["tunes"]) for row in rows] == [(6, "own")]

@@ -86,6 +86,7 @@ class RowState:
     owed: Fraction | None = None  # what the next bar must last to complete a bar split around a repeat
     opening: int = 0  # index of the first bar of the current section
     done: bool = False
+    spacing: str = "\n"  # the text since the last line break (or its last character): see _spaced
 
 
 def _promised(reader: Reader) -> Fraction:
@@ -107,6 +108,19 @@ def _reachable(reader: Reader, limit: Fraction) -> bool:
     if reader.current + _promised(reader) > limit:
         return False
     return bool(reader.tuplet_left) or (reader.current / SHORTEST).denominator == 1
+
+
+def _spaced(text: str) -> bool:
+    """No empty line (in ABC it ends the tune) and no run of spaces, which a model can otherwise fill a bar's
+    wait with (`text` starts at the last line break)."""
+    return "  " not in text and regex.search(r"\n[ \t]*\n", text) is None
+
+
+def _line_tail(text: str) -> str:
+    """What _spaced needs of the text so far: from its last line break if the line holds only white space, else
+    its last character."""
+    line = text[text.rfind("\n"):] if "\n" in text else text
+    return line if not line.strip() else text[-1:]
 
 
 def _whole(pending: str) -> regex.Match | None:
@@ -199,6 +213,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         self._feed(state, self.texts[token_id] or "")
 
     def _feed(self, state: RowState, text: str) -> None:
+        state.spacing = _line_tail(state.spacing + text)
         closed = len(state.reader.bars)
         state.reader.feed(text)
         verdict = self._close_bars(state, state.reader, since=closed)
@@ -256,7 +271,7 @@ class MetreLogitsProcessor(LogitsProcessor):
     def _try(self, state: RowState, text: str, metre: bool = True):
         """(owed, opening) after `text` if it is allowed, else None; with `metre` False, judge the syntax only."""
         before = state.reader
-        if before.in_body and not BODY_TEXT.match(text):
+        if before.in_body and (not BODY_TEXT.match(text) or not _spaced(state.spacing + text)):
             return None
         reader = before.copy().feed(text)
         if (
