@@ -17,7 +17,11 @@ tokens only. A token is refused when its text would:
 - change M:, L: or K: (an inline field), start a field line or a second voice, or write what the checker
   forgives in real tune books but a model has no need of: comments, non-ASCII text, free text in quotes
   (chord symbols `"Am7"` and annotations `"^fine"` are kept), unnamed decorations, grace groups of non-notes;
-- end the tune (the end-of-sequence token) with a bar, chord, slur, tuplet or field left open.
+- end the tune (the end-of-sequence token) with a bar, chord, slur, tuplet, tie, variant ending or field left
+  open;
+- write what abc2midi does not read although ABC allows it (`Reader.quirks`: a decoration, grace notes or a tie
+  not followed by their note, a second `|:` or variant ending out of place, ...), a decoration abc2midi does not
+  play, an octave mark against the letter's case (`e,`), an empty line (it ends a tune) or a run of spaces.
 
 In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of being cut off: the end-of-sequence
 token as soon as it is allowed, else a slur closed, a half-written token finished, the open bar closed (it may be
@@ -62,11 +66,13 @@ WRITTEN_NOTE = regex.compile(r"(?:(?:\^\^|\^|__|_|=)?(?:[A-G],{0,3}|[a-g]'{0,3})
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
 WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
-# Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
+# What may start after a one-character decoration, after grace notes and after a tie (abc2midi wants their
+# note next: Reader.quirks), and the one decoration a note may carry.
 DECORATED = regex.compile(r"[\^_=A-Ga-gzx\[]")
 GRACED = regex.compile(r"[\^_=A-Ga-g\[]")
 TIED = regex.compile(r"[A-Ga-g\[| `y]")
 ONE_DECORATION = regex.compile(r"[.~HLMOPSTuv]")
+# Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
 SHRINKABLE = ("note", "rest", "chord_end")
 SHRINK = ("", "/", "//", "///")
 SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times

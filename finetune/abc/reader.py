@@ -188,8 +188,8 @@ class Reader:
     ending_open: bool = False
     last_kind: str = ""  # of the token before
     last_bar: str = ""  # the last bar line
-    tied: bool = False  # a tie waits for its next note, of this pitch (None: after a chord)
-    tied_pitch: str | None = None
+    tied: bool = False  # a tie waits for its next note
+    tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
     pitch: str = ""  # of the last note
     graced: bool = False  # grace notes wait for theirs
     # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
