@@ -74,8 +74,56 @@ def test_what_abc2midi_refuses_is_not_written():
     assert "|:" not in allowed_after(HEADER + "|:A|d2d dcd|d3 d3")  # no second `|:` while one is open
     assert "</s>" not in allowed_after(HEADER + "|:A|d2d dcd:|2d3 d3|")  # an ending left open
     assert "</s>" in allowed_after(HEADER + "|:A|d2d dcd:|2d3 d3|]")
+    assert "-" not in allowed_after(HEADER + "A|d2d .d2") and "-" in allowed_after(HEADER + "A|d2d d2")  # no tied staccato
+    assert "3" not in allowed_after(HEADER + "A|(3de (") and "3" in allowed_after(HEADER + "A|(3def (")  # nested tuplets
+    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|:") and "</s>" in allowed_after(HEADER + "A|d2d dcd|]")
+    assert "::" not in allowed_after(HEADER + "|:A|d2d dcd||")  # a token completing `||::`, which abc2midi reads apart
     # octave marks by case: `e,` and `E'` are refused
     assert "," not in allowed_after(HEADER + "A|d2d dce") and "'" not in allowed_after(HEADER + "A|d2d dcE")
+
+
+def test_a_tune_with_chord_symbols_stops_on_a_beat_of_its_accompaniment():
+    """abc2midi accompanies chord symbols through every bar; stopping inside a sounding beat leaves a chord on
+    ("Sustained notes beyond end of track")."""
+    assert "</s>" not in allowed_after(HEADER + '"D"A|d2d dcd|d/|]')  # a sixteenth into the last bar
+    assert "</s>" in allowed_after(HEADER + '"D"A|d2d dcd|d2|]')  # a quarter
+    assert "</s>" in allowed_after(HEADER + "A|d2d dcd|d/|]")  # no chord symbol: no accompaniment
+    assert "</s>" in allowed_after(HEADER + '"^fine"A|d2d dcd|d/|]')  # an annotation is no chord
+
+
+@pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi not installed (Debian: apt-get install abcmidi)")
+def test_where_the_reader_lets_an_accompanied_tune_stop_abc2midi_holds_no_chord_on(tmp_path):
+    """The rule, against abc2midi itself: every last bar the reader allows, in common and odd metres, with and
+    without a pickup, ends clean; and the rule is not vacuous (abc2midi does flag some that it refuses)."""
+    from fractions import Fraction
+
+    from finetune.abc.check import _abc2midi_errors
+    from finetune.abc.reader import read
+
+    refused_and_flagged = 0
+    for meter in ("2/4", "3/4", "4/4", "C|", "6/8", "9/8", "5/4", "7/8"):
+        top, bottom = (2, 2) if meter == "C|" else map(int, meter.split("/"))
+        full = Fraction(top, bottom) * 16
+        for pickup in ("", "A3|"):
+            for last in range(1, int(full) + 1):
+                tune = f'M:{meter}\nL:1/16\nK:G\n{pickup}"G"A{full} |"D"A{full}|A{last}|]\n'
+                reader = read(tune)
+                flagged = any("Sustained" in e for e in _abc2midi_errors(tune, tmp_path))
+                if reader.may_stop_after(reader.bars[-1]):
+                    assert not flagged, tune
+                refused_and_flagged += flagged
+    assert refused_and_flagged > 20
+
+
+def test_the_rest_of_a_split_bar_follows_its_repeat_at_once():
+    """The checker pairs a short bar with the one right after its repeat mark; an empty bar between would part them."""
+    assert "|" not in allowed_after(HEADER + "A|d2d dcd|d3 |:")
+    assert "|" in allowed_after(HEADER + "A|d2d dcd|d3 d3|:")
+
+
+def test_a_note_in_a_tuplet_may_still_be_given_its_length():
+    """`(3d4c2B` lasts 14/3 units as it stands, off the grid that whole notes reach; `B3` makes the tuplet 6."""
+    assert "B" in allowed_after("M:2/4\nL:1/16\nK:G\nG2B2 ||(3d4c2")
 
 
 def test_no_empty_line_and_no_run_of_spaces():

@@ -75,6 +75,9 @@ ONE_DECORATION = regex.compile(r"[.~HLMOPSTuv]")
 # Kinds of pending tokens whose length can still shrink (`c` -> `c/`), and how they shrink.
 SHRINKABLE = ("note", "rest", "chord_end")
 SHRINK = ("", "/", "//", "///")
+# and how a note whose length is not written yet may still grow (in a tuplet, `(3d4c2B` needs its `3`).
+GROW = tuple(str(n) for n in range(2, 17))
+LENGTH_GROUPS = ("len", "rlen", "clen")
 SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
 # Slurs open at once (real tunes nest two at most), and tokens left before the budget at which the processor
 # steers to an ending.
@@ -202,7 +205,10 @@ class MetreLogitsProcessor(LogitsProcessor):
             if state.done:
                 mask[row] = 0
                 continue
-            allowed = self._allowed(state, order[row], weights[row] if weights else None, ending=left <= ENDING_MARGIN)
+            row_weights = weights[row] if weights else None
+            allowed = self._allowed(state, order[row], row_weights, ending=left <= ENDING_MARGIN)
+            if not allowed and left <= ENDING_MARGIN:  # no way to the end from here: keep the metre at least
+                allowed = self._allowed(state, order[row], row_weights, ending=False)
             if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
                 self.unconstrained_steps += 1
                 # the `keep` likeliest, as top-k would choose them
@@ -247,7 +253,9 @@ class MetreLogitsProcessor(LogitsProcessor):
             if token_id == self.eos:
                 ok = self._may_end(state)
             else:
-                ok = self.texts[token_id] is not None and self._try(state, self.texts[token_id]) is not None
+                verdict = self._try(state, self.texts[token_id]) if self.texts[token_id] is not None else None
+                # near the budget, no bar is split around a repeat: its other half would be owed before the end
+                ok = verdict is not None and not (ending and verdict[0] not in (None, state.owed))
             if ok:
                 allowed.append(token_id)
             if len(allowed) == self.keep:
@@ -279,9 +287,14 @@ class MetreLogitsProcessor(LogitsProcessor):
         before = state.reader
         if before.in_body and (not BODY_TEXT.match(text) or not _spaced(state.spacing + text)):
             return None
-        reader = before.copy().feed(text)
+        reader, read = before.copy(), []
+        if before.in_body:  # every token the text completes, not only the one it leaves open, as tunes write them
+            reader.listener = lambda kind, piece: kind == "token" and read.append(piece.group())
+        reader.feed(text)
+        reader.listener = None
         if (
-            len(reader.problems) > len(before.problems) or reader.multi_voice or reader.slurs > MAX_SLURS
+            not all(_written_as_tunes_write(token) for token in read)
+            or len(reader.problems) > len(before.problems) or reader.multi_voice or reader.slurs > MAX_SLURS
             or reader.quirks > before.quirks
         ):
             return None
@@ -325,6 +338,8 @@ class MetreLogitsProcessor(LogitsProcessor):
                 return self._bar_may_grow(state, reader)  # `|` may yet become `||`, `|]` or `|:`
             return None
         owed, _ = verdict
+        if owed is not None and not SECTION_BAR.search(done.before):
+            return None  # the rest of a bar split around a repeat follows the repeat at once (`|:|` would part them)
         wanted = done.wanted()
         if wanted is not None and not self._room(before, reader, done, owed if owed is not None else wanted):
             return None
@@ -333,15 +348,17 @@ class MetreLogitsProcessor(LogitsProcessor):
     @staticmethod
     def _room(before: Reader, reader: Reader, done: Reader, limit) -> bool:
         """Can the open bar still keep within `limit`: as it stands, or once the note or chord being written is
-        shortened (`c` -> `c/`, `[ce]` -> `[ce]/`), as far as tunes shorten notes (three halvings)?"""
+        shortened (`c` -> `c/`, `[ce]` -> `[ce]/`) as far as tunes shorten notes (three halvings), or given the
+        length it has not written yet (`c` -> `c3`)?"""
         if done.chord is None and _reachable(done, limit):
             return True
         complete = _whole(reader.pending)
         shrinkable = complete is not None and any(complete.group(kind) is not None for kind in SHRINKABLE)
-        for suffix in SHRINK if shrinkable else ("",):
+        unwritten = shrinkable and not any(complete.group(group) for group in LENGTH_GROUPS)
+        for suffix in (SHRINK + GROW if unwritten else SHRINK) if shrinkable else ("",):
             probe = reader.copy().feed(suffix)
             probe.flush()
-            closings = [""] if probe.chord is None else ["]" + s for s in SHRINK]
+            closings = [""] if probe.chord is None else ["]" + s for s in SHRINK + GROW]
             for closing in closings:
                 closed = probe.copy().feed(closing) if closing else probe
                 closed.flush()
@@ -385,7 +402,9 @@ class MetreLogitsProcessor(LogitsProcessor):
             return None
         if opening < index and bars[opening].duration + bar.duration == bar.wanted:
             return None, next_opening
-        return bar.wanted - bar.duration, next_opening
+        owed = bar.wanted - bar.duration
+        # the other half must be one that written notes can fill (not the 1/3 a tuplet left over)
+        return (owed, next_opening) if (owed / SHORTEST).denominator == 1 else None
 
     def _closes_bar(self, state: RowState, text: str) -> bool:
         """Near the budget: does `text` close the open bar (as the tune's last bar, which may be short)?"""
@@ -396,12 +415,15 @@ class MetreLogitsProcessor(LogitsProcessor):
             return False
         if len(done.bars) <= len(before.bars):  # no music since the last bar line: it may close a variant ending
             return before.ending_open and not done.ending_open and not done.has_notes
-        return not done.has_notes and self._may_close_last(state, done.bars[-1])
+        return not done.has_notes and self._may_close_last(state, done)
 
     @staticmethod
-    def _may_close_last(state: RowState, bar) -> bool:
+    def _may_close_last(state: RowState, done: Reader) -> bool:
         """The tune's last bar may be short (it balances the pickup, or simply ends the tune), never long; after a
-        bar split around a repeat it must be that bar's other half."""
+        bar split around a repeat it must be that bar's other half; and it may not cut an accompaniment's beat."""
+        bar = done.bars[-1]
+        if not done.may_stop_after(bar):
+            return False
         if bar.wanted is None:
             return True
         return bar.duration == state.owed if state.owed is not None else bar.duration <= bar.wanted
@@ -420,7 +442,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             return False
         done = reader.copy()
         done.flush()
-        if len(done.bars) > len(reader.bars) and not self._may_close_last(state, done.bars[-1]):
+        if len(done.bars) > len(reader.bars) and not self._may_close_last(state, done):
             return False
         return (
             len(done.problems) == len(reader.problems)
@@ -433,4 +455,6 @@ class MetreLogitsProcessor(LogitsProcessor):
             and not done.ending_open  # abc2midi wants the last variant ending closed (`|]`, `||`, `:|`)
             and not done.tied
             and not done.graced
+            and done.may_stop_after(done.bars[-1])
+            and not done.last_bar.endswith(":")  # no repeat opened at the very end (`|:`, `::`)
         )

@@ -66,6 +66,10 @@ ROLLS = ("~", "T")
 # Bar lines that open or close a section: repeats, double bars, endings.
 SECTION_BAR = regex.compile(r":|\|\||\|\]|\[\||\d")
 SECTION_START = regex.compile(r"\|:|::|\|\||\[\||\|\]")
+# abc2midi plays chord symbols ("G", "Am7") as an accompaniment that beats through every bar; a tune that stops
+# inside a sounding beat leaves its chord on ("Sustained notes beyond end of track"). Measured in 2/4 to 12/8, 5/4
+# and 7/4, with and without pickups: stopping on a quarter note of the last bar, or at its full length, is safe.
+ACCOMPANIMENT_STEP = Fraction(1, 4)
 LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
 
 
@@ -180,8 +184,9 @@ class Reader:
     # What abc2midi refuses although ABC allows it, counted for the sampler (the checker leaves it to abc2midi):
     # a one-character decoration (`~`, `H`, `.`) not followed by a note, rest or chord, a roll or trill (`~`,
     # `T`) on a chord; a second `|:` before the first is closed, `::` right after a `:|`; a variant ending (`|2`)
-    # before the last is closed; a tie after anything but a note or chord, or before anything but bar lines,
-    # space and a note (of the same pitch) or chord; grace notes followed by anything but a note or chord.
+    # before the last is closed; a tie after anything but a note or chord (or after a staccato note), or before
+    # anything but bar lines, space and a note (of the same pitch) or chord; grace notes followed by anything but
+    # a note or chord; a tuplet opened before the last one has all its notes.
     quirks: int = 0
     decorated: str = ""  # one-character decorations waiting for their note
     repeat: str = "start"  # "open" after `|:` or `::`, "closed" after `:|`
@@ -192,6 +197,8 @@ class Reader:
     tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
     pitch: str = ""  # of the last note
     graced: bool = False  # grace notes wait for theirs
+    staccato: bool = False  # the last note is staccato (`.A`): abc2midi cannot tie it
+    accompanied: bool = False  # a chord symbol was read: abc2midi accompanies the rest of the tune
     # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
     # ("field", text) for a field line, ("text", text) for a newline or a character that is no ABC.
     listener: Callable[..., None] | None = None
@@ -360,7 +367,7 @@ class Reader:
         elif self.tied and kind == "bar" and (":" in match.group() or any(c.isdigit() for c in match.group())):
             self.quirks += 1  # no tie across a repeat or into a variant ending
         if kind == "tie":
-            self.quirks += self.last_kind not in ("note", "chord_end")
+            self.quirks += self.last_kind not in ("note", "chord_end") or self.staccato
             self.tied_pitch = self.pitch if self.last_kind == "note" else None
         elif kind == "note":
             pitch = match.group("pitch") + match.group("octave")
@@ -388,7 +395,7 @@ class Reader:
             self._close_bar(match.group())
             self.content_since_bar = False
         elif kind in ("note", "rest"):
-            self.decorated = ""
+            self.staccato, self.decorated = "." in self.decorated, ""
             text = match.group("len") if kind == "note" else match.group("rlen")
             length = parse_length(text)
             if length is None:
@@ -408,6 +415,7 @@ class Reader:
                 self.problem("'[' inside a chord")
             self.chord = []
         elif kind == "chord_end":
+            self.staccato = False
             self._chord_end(match.group("clen"))
         elif kind == "tuplet":
             self._tuplet(match)
@@ -417,6 +425,15 @@ class Reader:
             self.slurs = self.slurs + 1 if match.group() == "(" else max(self.slurs - 1, 0)
         elif kind == "overlay":
             self.multi_voice = True
+        elif kind == "symbol" and match.group()[1:2] in "ABCDEFG":
+            self.accompanied = True
+
+    def may_stop_after(self, bar: Bar) -> bool:
+        """May the tune stop once `bar` closes? Not where abc2midi's accompaniment would hold a chord on."""
+        if not self.accompanied or bar.duration == bar.wanted:
+            return True
+        whole_notes = bar.duration * (self.unit or default_unit(self.meter))
+        return (whole_notes / ACCOMPANIMENT_STEP).denominator == 1
 
     def _repeats(self, bar: str, previous: str) -> None:
         """Follow repeats and variant endings as abc2midi does (see `quirks`)."""
@@ -459,6 +476,7 @@ class Reader:
             self.problem(f"tuplet {match.group()!r} is not a tuplet (e.g. (3 or (3:2:3)")
             return
         q = int(q_text) if q_text else tuplet_default_q(p, self.meter)
+        self.quirks += self.tuplet_left > 0  # abc2midi: "nested tuples"
         self.tuplet_left, self.tuplet_ratio = int(r_text) if r_text else p, Fraction(q, p)
 
     def _broken(self, arrows: str) -> None:
