@@ -82,9 +82,11 @@ SHORTEST = Fraction(1, 8)  # of a unit: a note halved three times
 # Slurs open at once (real tunes nest two at most), and tokens left before the budget at which the processor
 # steers to an ending.
 MAX_SLURS = 2
-ENDING_MARGIN = 24
+ENDING_MARGIN = 32
 # Near the budget nothing new opens (no slur, chord, tuplet, quote, grace or decoration): notes, rests, bar lines.
 PLAIN_TEXT = regex.compile(r"^[A-Ga-gzx0-9/,'^_= |:\]\)\n]+$")
+MUSIC = regex.compile(r"[A-Ga-gzx]")
+OCTAVE_MARKS = ("'", "''", ",", ",,")
 
 
 @dataclass
@@ -248,6 +250,8 @@ class MetreLogitsProcessor(LogitsProcessor):
                 closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
                 if closing:
                     return closing[: self.keep]
+                if not state.reader.has_notes:  # the last bar may not end the tune: only more music will
+                    order = [t for t in order if self.texts[t] and MUSIC.search(self.texts[t])]
         untried = sum(weights) if weights else 0.0
         for rank, token_id in enumerate(order):
             if token_id == self.eos:
@@ -322,7 +326,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             if len(done.problems) > len(before.problems):
                 return None
         if (
-            done.quirks > before.quirks
+            done.quirks > before.quirks and not self._octave_may_mend(before, reader)
             or done.decorated and not ONE_DECORATION.fullmatch(done.decorated)  # one to a note, as tunes write
         ):
             return None
@@ -344,6 +348,20 @@ class MetreLogitsProcessor(LogitsProcessor):
         if wanted is not None and not self._room(before, reader, done, owed if owed is not None else wanted):
             return None
         return verdict
+
+    @staticmethod
+    def _octave_may_mend(before: Reader, reader: Reader) -> bool:
+        """Is the note being written tied to, and may it yet take the octave marks of, the note before (`g` of
+        `g'-g'`)? Judged as it stands it is of another pitch."""
+        complete = _whole(reader.pending)
+        if not reader.tied or complete is None or complete.group("note") is None:
+            return False
+        for marks in OCTAVE_MARKS:
+            grown = reader.copy().feed(marks)
+            grown.flush()
+            if grown.quirks == before.quirks and len(grown.problems) == len(before.problems):
+                return True
+        return False
 
     @staticmethod
     def _room(before: Reader, reader: Reader, done: Reader, limit) -> bool:
