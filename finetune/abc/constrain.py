@@ -140,6 +140,12 @@ def _whole(pending: str) -> regex.Match | None:
     return token[0] if token else None
 
 
+def _only(order: list[int], weights: list[float] | None, keep) -> tuple[list[int], list[float] | None]:
+    """The tokens of `order` that `keep` accepts, with their weights (which follow `order` rank for rank)."""
+    kept = [rank for rank, token_id in enumerate(order) if keep(token_id)]
+    return [order[rank] for rank in kept], [weights[rank] for rank in kept] if weights else None
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _written_as_tunes_write(pending: str) -> bool:
     """Could the token being read still become one that real tunes write (see WRITTEN_*)?"""
@@ -246,12 +252,12 @@ class MetreLogitsProcessor(LogitsProcessor):
                 if settling:
                     return settling[: self.keep]
             else:
-                order = [t for t in order if self.texts[t] is None or PLAIN_TEXT.match(self.texts[t])]
+                order, weights = _only(order, weights, lambda t: self.texts[t] is None or PLAIN_TEXT.match(self.texts[t]))
                 closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
                 if closing:
                     return closing[: self.keep]
                 if not state.reader.has_notes:  # the last bar may not end the tune: only more music will
-                    order = [t for t in order if self.texts[t] and MUSIC.search(self.texts[t])]
+                    order, weights = _only(order, weights, lambda t: self.texts[t] and MUSIC.search(self.texts[t]))
         untried = sum(weights) if weights else 0.0
         for rank, token_id in enumerate(order):
             if token_id == self.eos:
