@@ -141,8 +141,8 @@ def test_near_the_budget_only_the_ending_is_kept():
 def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
     """An untrained model (fresh weights) writes noise that no checker passes (validity 0, bar consistency 0:
     test_bar_consistency_is_high_for_real_tunes_and_low_for_noise); constrained, its tunes keep syntax and metre.
-    Measured here: validity 0.94, bars on the metre 0.96. Issue 12 aims at 0.95 and 0.98; this floor guards
-    what is reached."""
+    Measured here: validity 0.969, bars on the metre 0.995 (issue 12 aims at 0.95 and 0.98); the floor leaves a
+    margin for the other CPU kind's arithmetic, which samples other tunes from the same seed."""
     from test_evaluation import untrained_samples
 
     tunes = untrained_samples(count=32, constrain="metre")
@@ -150,7 +150,7 @@ def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
     validity = sum(r.valid for r in reports) / len(reports)
     bars = 1 - sum(r.bars_off for r in reports) / sum(r.bars_total for r in reports)
     print(f"constrained untrained model: validity {validity:.3f}, bars on the metre {bars:.3f}")
-    assert validity >= 0.85 and bars >= 0.93
+    assert validity >= 0.9 and bars >= 0.98
 
 
 def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
@@ -189,11 +189,9 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
 def test_constrained_sampling_rescues_the_3_step_checkpoint_of_the_documented_recipe(tmp_path):
     """recipes/music_abc.json after 3 steps (its learning rate then is 1.5e-7, 2000 warmup steps: the weights
     are still the initialisation's) writes noise; through MetreLogitsProcessor its 64 tunes for held-out prompts
-    keep their bars on the metre (measured 0.981; issue 12's target is 0.98). Issue 12 wants >= 95% of them to
-    pass abc2midi too; measured 0.75 (own tunes: 0.0). This guards the floor reached, with a margin for the other
-    CPU kind's arithmetic, which samples other tunes from the same seed. fp32 and one
-    accumulation step, so that the 3 steps take seconds on any CPU: neither changes what 3 steps at that learning
-    rate leave."""
+    keep their bars on the metre and pass abc2midi: issue 12's targets, 0.98 and 0.95, measured 1.000 and 0.969
+    (62 of 64; own tunes: 0.017 and 0.0), 2 of 64 cut off at the budget. fp32 and one accumulation step, so that
+    the 3 steps take seconds on any CPU: neither changes what 3 steps at that learning rate leave."""
     out = tmp_path / "music_abc_3steps"
     run_finetune(REPO / "recipes" / "music_abc.json", "--max_steps", 3, "--bf16", "false", "--gradient_accumulation_steps", 1,
                  "--save_strategy", "no", "--eval_strategy", "no", "--output_dir", out)
@@ -205,5 +203,5 @@ def test_constrained_sampling_rescues_the_3_step_checkpoint_of_the_documented_re
     own, constrained = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
     print(result.stdout)
     assert own["validity"] <= 0.2 and own["bar_consistency"] <= 0.5  # noise, unconstrained
-    assert constrained["validity"] >= 0.65 and constrained["bar_consistency"] >= 0.96
+    assert constrained["validity"] >= 0.95 and constrained["bar_consistency"] >= 0.98
     assert constrained["header_adherence"] >= 0.98 and constrained["truncation"] <= 0.05
