@@ -378,11 +378,13 @@ class MetreLogitsProcessor(LogitsProcessor):
             return True
         complete = _whole(reader.pending)
         shrinkable = complete is not None and any(complete.group(kind) is not None for kind in SHRINKABLE)
-        unwritten = shrinkable and not any(complete.group(group) for group in LENGTH_GROUPS)
-        for suffix in (SHRINK + GROW if unwritten else SHRINK) if shrinkable else ("",):
+        # growing helps only in a tuplet, whose notes leave the grid of eighths; elsewhere longer never fits better
+        grows = shrinkable and reader.tuplet_left and not any(complete.group(group) for group in LENGTH_GROUPS)
+        lengths = SHRINK + GROW if grows else SHRINK
+        for suffix in lengths if shrinkable else ("",):
             probe = reader.copy().feed(suffix)
             probe.flush()
-            closings = [""] if probe.chord is None else ["]" + s for s in SHRINK + GROW]
+            closings = [""] if probe.chord is None else ["]" + s for s in lengths]
             for closing in closings:
                 closed = probe.copy().feed(closing) if closing else probe
                 closed.flush()
