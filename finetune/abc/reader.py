@@ -104,12 +104,13 @@ def parse_meter(value: str) -> Fraction | None | str:
 @functools.lru_cache(maxsize=256)
 def bar_units(meter: Fraction | None, unit: Fraction | None) -> Fraction | None:
     """What a bar lasts in units of L: (`unit`, else M:'s default) under `meter`; None for free meter."""
-    return meter / (unit or default_unit(meter)) if meter is not None else None
+    return meter / unit_length(meter, unit) if meter is not None else None
 
 
-def default_unit(meter: Fraction | None) -> Fraction:
-    """ABC 2.1, 3.1.7: 1/16 for meters below 3/4, else 1/8."""
-    return Fraction(1, 16) if meter is not None and meter < Fraction(3, 4) else Fraction(1, 8)
+def unit_length(meter: Fraction | None, unit: Fraction | None) -> Fraction:
+    """The L: in effect, as a fraction of a whole note: `unit`, else M:'s default (ABC 2.1, 3.1.7: 1/16 for
+    meters below 3/4, else 1/8)."""
+    return unit or (Fraction(1, 16) if meter is not None and meter < Fraction(3, 4) else Fraction(1, 8))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -432,7 +433,7 @@ class Reader:
         """May the tune stop once `bar` closes? Not where abc2midi's accompaniment would hold a chord on."""
         if not self.accompanied or bar.duration == bar.wanted:
             return True
-        whole_notes = bar.duration * (self.unit or default_unit(self.meter))
+        whole_notes = bar.duration * unit_length(self.meter, self.unit)
         return (whole_notes / ACCOMPANIMENT_STEP).denominator == 1
 
     def _repeats(self, bar: str, previous: str) -> None:
