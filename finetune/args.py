@@ -113,6 +113,14 @@ class DataArguments:
             "is the prompt and only the music after it is learned, for header-conditioned generation."
         },
     )
+    train_tunes: Literal["all", "metre"] = field(
+        default="all",
+        metadata={
+            "help": "'metre': train only on the tunes whose every bar keeps the metre as the checker reads them "
+            "(python -m finetune.abc.check; pickups and bars split around repeats count as kept), so the model never "
+            "learns a bar that is off. Validation and test keep every tune. 'all': every clean tune."
+        },
+    )
     transpose_train: list[int] = field(
         default_factory=list,
         metadata={

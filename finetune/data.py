@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
+from .abc.check import analyse
 from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
@@ -280,6 +281,13 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         assigned = splits_of_keys(numeric_columns(pool, ["key"])["key"], pct)
         for split in ("train", "validation") if "test" in cleaned else SPLITS:
             cleaned[split] = pool.select(np.flatnonzero(assigned == split))
+    if data_args.train_tunes == "metre" and "train" in cleaned:
+        before = len(cleaned["train"])
+        cleaned["train"] = cleaned["train"].filter(
+            keeps_metre, batched=True, num_proc=worker_count(data_args, before), desc="keep train tunes on the metre"
+        )
+        if len(cleaned["train"]) < before:
+            skipped[OFF_METRE] += before - len(cleaned["train"])
     if len(cleaned.get("train", [])) == 0:
         raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
     if len(cleaned["validation"]) == 0:
@@ -303,6 +311,14 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
             desc="transpose train",
         )
     return datasets.DatasetDict(cleaned), dict(skipped)
+
+
+OFF_METRE = "a bar off the metre (train_tunes: metre)"
+
+
+def keeps_metre(batch: dict) -> list[bool]:
+    """datasets' batched filter for `train_tunes: metre`: does every bar of each tune keep the metre?"""
+    return [analyse(text, strict_syntax=False).bars_off == 0 for text in batch["text"]]
 
 
 def with_transposed_copies(batch: dict, shifts: list[int]) -> dict:

@@ -28,7 +28,15 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 
 from .args import DataArguments
-from .data import SPLITS, clean_batch, quiet_datasets_logger, root_reason, splits_of_keys, with_transposed_copies
+from .data import (
+    SPLITS,
+    clean_batch,
+    keeps_metre,
+    quiet_datasets_logger,
+    root_reason,
+    splits_of_keys,
+    with_transposed_copies,
+)
 from .errors import UserError
 from .packing import (
     PACK_WINDOW,
@@ -62,6 +70,8 @@ def clean_streams(raw: dict[str, datasets.IterableDataset], data_args: DataArgum
             cleaned[split] = pool.filter(
                 lambda batch, s=split: (splits_of_keys(np.array(batch["key"]), pct) == s).tolist(), batched=True
             )
+    if data_args.train_tunes == "metre":
+        cleaned["train"] = cleaned["train"].filter(keeps_metre, batched=True)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     streams = {split: cleaned[split].take(limits[split]) if limits[split] else cleaned[split] for split in SPLITS[:2]}
     if data_args.transpose_train:
