@@ -171,6 +171,7 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     tunes, tries = {}, {}
     for name, top_p in (("settled", 0.8), ("full search", 1.0)):
         processor = MetreLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=8, temperature=1.2, top_p=top_p)
+        processor._surely_refused = lambda state: None  # every token tried: the tries count top-p's saving alone
         calls = []
         original = processor._try
         processor._try = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
@@ -182,6 +183,38 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     assert tunes["settled"] == tunes["full search"]
     print(tries)
     assert tries["settled"] < 0.75 * tries["full search"]  # measured: 0.71
+
+
+def test_refusing_without_trying_keeps_exactly_the_tokens_that_trying_each_keeps():
+    """Where the token being written is refused as it stands (a bar line closing a short bar, a note overfilling
+    its bar) or the bar is full, the processor refuses texts without trying each (`_surely_refused`). Over
+    prefixes of real tunes cut anywhere in the body and given such an ending, it keeps exactly the tokens a
+    search that tries every one keeps, near the budget and away from it."""
+    import random
+
+    from finetune.abc import header_length
+    from finetune.data import BUILTIN_DIR
+
+    rng = random.Random(12)
+    tunes = [json.loads(line)["text"] for line in open(BUILTIN_DIR / "validation.jsonl")][:200]
+    endings = ["|", "G3", "d2", "A4", "z6", ":|", "[dg]3", "|d3", "c<", "B>", " ", "d4|", "e6 ", "|:", "(3"]
+    states, stuck = 0, 0
+    for tune in tunes:
+        start = header_length(tune)
+        if start >= len(tune) - 2:
+            continue
+        prefix = tune[: rng.randrange(start, len(tune))] + rng.choice(endings)
+        encoded = torch.tensor([TOKENIZER(prefix)["input_ids"]])
+        scores = torch.randn(1, len(TOKENIZER), generator=torch.Generator().manual_seed(states))
+        for budget in (400, 20):
+            passing = MetreLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
+            trying = MetreLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
+            trying._surely_refused = lambda state: None
+            kept = [torch.isfinite(p(encoded, scores.clone())[0]).nonzero().flatten().tolist() for p in (passing, trying)]
+            assert kept[0] == kept[1], (prefix, budget)
+            stuck += passing._surely_refused(passing.rows[0]) is not None
+            states += 1
+    assert states > 300 and stuck > 40, (states, stuck)
 
 
 @pytest.mark.slow

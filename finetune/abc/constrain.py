@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -86,7 +87,9 @@ ENDING_MARGIN = 32
 # Near the budget nothing new opens (no slur, chord, tuplet, quote, grace or decoration): notes, rests, bar lines.
 PLAIN_TEXT = regex.compile(r"^[A-Ga-gzx0-9/,'^_= |:\]\)\n]+$")
 MUSIC = regex.compile(r"[A-Ga-gzx]")
+SOUNDING = frozenset("^_=ABCDEFGabcdefgzx")  # what a note or rest may start with
 OCTAVE_MARKS = ("'", "''", ",", ",,")
+EMPTY_LINE = regex.compile(r"\n[ \t]*\n")
 
 
 @dataclass
@@ -124,7 +127,7 @@ def _reachable(reader: Reader, limit: Fraction) -> bool:
 def _spaced(text: str) -> bool:
     """No empty line (in ABC it ends the tune) and no run of spaces, which a model can otherwise fill a bar's
     wait with (`text` starts at the last line break)."""
-    return "  " not in text and regex.search(r"\n[ \t]*\n", text) is None
+    return "  " not in text and EMPTY_LINE.search(text) is None
 
 
 def _line_tail(text: str) -> str:
@@ -259,9 +262,13 @@ class MetreLogitsProcessor(LogitsProcessor):
                 if not state.reader.has_notes:  # the last bar may not end the tune: only more music will
                     order, weights = _only(order, weights, lambda t: self.texts[t] and MUSIC.search(self.texts[t]))
         untried = sum(weights) if weights else 0.0
+        refused = self._surely_refused(state)
         for rank, token_id in enumerate(order):
+            text = self.texts[token_id]
             if token_id == self.eos:
                 ok = self._may_end(state)
+            elif refused and text and refused(text):
+                ok = False
             else:
                 verdict = self._try(state, self.texts[token_id]) if self.texts[token_id] is not None else None
                 # near the budget, no bar is split around a repeat: its other half would be owed before the end
@@ -277,6 +284,42 @@ class MetreLogitsProcessor(LogitsProcessor):
                 if found and self._nucleus_settled(found, untried):
                     break
         return allowed
+
+    def _surely_refused(self, state: RowState) -> Callable[[str], bool] | None:
+        """A test that tells, without trying it, that a text is refused here; None where there is none.
+
+        - The token being written is whole and already refused as it stands: a bar line that would close its bar
+          as ABC practice does not (`|` after a short bar inside a section), or a note that overfills the bar
+          unless it is shortened (`G3` with 4 of 6 units written). A text that cannot extend it emits it first,
+          and a closed bar stays closed, problems only accumulate and a bar's length only grows (but for `<`,
+          which halves the note before): every such text is refused.
+        - The bar is full (once the token being written is emitted): a text that cannot extend that token and
+          starts with a note or rest would overfill it, however short the note is written.
+
+        Exact: a test compares with trying every token. Most of the tries it saves are where few tokens are
+        allowed and the model's likeliest are not, so that the search would otherwise go deep."""
+        reader, pending = state.reader, state.reader.pending
+        if reader.line_start or pending and _whole(pending) is None:
+            return None
+        done = reader
+        if pending:
+            done = reader.copy()
+            done.flush()
+        limit = state.owed if state.owed is not None else done.wanted()
+        bar_open = limit is not None and len(done.bars) == len(reader.bars) and done.chord is None
+
+        def apart(text: str) -> bool:  # the text does not extend the pending token, so that is emitted as it stands
+            return not pending or not token_may_begin(pending + text[0])
+
+        if pending and (
+            len(done.problems) > len(reader.problems)
+            or self._close_bars(state, done) is None
+            or bar_open and done.current > limit
+        ):
+            return lambda text: apart(text) and "<" not in text
+        if bar_open and done.current >= limit:
+            return lambda text: text[0] in SOUNDING and apart(text)
+        return None
 
     def _nucleus_settled(self, found: list[float], untried: float) -> bool:
         """Would top-p keep the same tokens whatever the untried ones turn out to be?
