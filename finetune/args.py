@@ -116,9 +116,9 @@ class DataArguments:
     train_tunes: Literal["all", "metre"] = field(
         default="all",
         metadata={
-            "help": "'metre': train only on the tunes whose every bar keeps the metre as the checker reads them "
-            "(python -m finetune.abc.check; pickups and bars split around repeats count as kept), so the model never "
-            "learns a bar that is off. Validation and test keep every tune. 'all': every clean tune."
+            "help": "'metre': train only on the tunes whose every bar keeps the metre (the reader's bar verdicts, "
+            "which the checker's bar metric counts: pickups and bars split around repeats are kept), so the model "
+            "never learns a bar that is off. Validation and test keep every tune. 'all': every clean tune."
         },
     )
     transpose_train: list[int] = field(

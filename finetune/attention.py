@@ -68,29 +68,30 @@ class PackedCollator:
 
 def _layout(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple:
     """Where each tune goes: tunes of similar length are grouped and padded to the group's longest, and the
-    groups laid end to end. Returns the token (of the batch flattened) behind every entry of that layout
-    (padding repeats a tune's last token, which causal attention never lets a real token see), each
-    group's (tunes, longest), and for every token of the batch the entry that holds it.
+    groups laid end to end. Returns each group's (tunes, longest) and, for every token of the batch flattened,
+    the entry of that layout that holds it. The entries no token holds are padding, zeros after a tune's last
+    token, which causal attention never lets a real token see.
 
-    One `index_select` in and one out per tensor and layer: their backward is one `index_add_` each,
-    where indexing per group or slicing the layout would fill a zero tensor of the whole batch per group.
+    Each token has one entry, so one `index_copy` lays a tensor out and one `index_select` brings the output
+    back, and their backward passes are a gather and an `index_add_` over distinct entries: no two gradients
+    are ever summed into one place (padding that repeated a tune's last token did that, with atomic adds under
+    contention on a GPU), and none is lost. Indexing per group or slicing the layout would instead fill a zero
+    tensor of the whole batch per group in the backward pass.
     """
     cu = cu_seq_lens.long()
     starts, lengths = cu[:-1], cu.diff()
     bucket = torch.floor(torch.log(lengths.double()) / np.log(GROUP_RATIO)).long()
-    sources, shapes, holder = [], [], torch.empty(int(cu[-1]), dtype=torch.long)
+    shapes, holder = [], torch.empty(int(cu[-1]), dtype=torch.long)
     placed = 0
     for b in torch.unique(bucket):
         members = (bucket == b).nonzero().view(-1)
         longest = int(lengths[members].max())
         offsets = torch.arange(longest)
-        source = starts[members, None] + torch.minimum(offsets[None, :], lengths[members, None] - 1)
         real = offsets[None, :] < lengths[members, None]
-        holder[source[real]] = placed + real.view(-1).nonzero().view(-1)
-        sources.append(source.view(-1))
+        holder[(starts[members, None] + offsets[None, :])[real]] = placed + real.view(-1).nonzero().view(-1)
         shapes.append((len(members), longest))
-        placed += source.numel()
-    return torch.cat(sources).to(device), shapes, holder.to(device)
+        placed += len(members) * longest
+    return shapes, holder.to(device)
 
 
 _last_layout: list = [None, None]  # (position_ids, layout) of the pass in flight: every layer shares them
@@ -106,11 +107,13 @@ def sdpa_packed_attention(module, query, key, value, attention_mask, position_id
     if _last_layout[0] is not position_ids:
         # Models make position_ids of shape (1, length) when none are given: the same for every row.
         _last_layout[:] = [position_ids, _layout(tune_bounds(position_ids.expand(batch, length)), query.device)]
-    source, shapes, holder = _last_layout[1]
+    shapes, holder = _last_layout[1]
     kwargs.pop("is_causal", None)
     sizes = [tunes * longest for tunes, longest in shapes]
     laid = [  # (batch, heads, length, dim) -> (layout entries, heads, dim), cut into groups
-        x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).index_select(0, source).split(sizes)
+        x.new_zeros(sum(sizes), x.shape[1], dim)
+        .index_copy(0, holder, x.transpose(1, 2).reshape(batch * length, x.shape[1], dim))
+        .split(sizes)
         for x in (query, key, value)
     ]
     outs = []

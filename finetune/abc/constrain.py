@@ -270,7 +270,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             elif refused and text and refused(text):
                 ok = False
             else:
-                verdict = self._try(state, self.texts[token_id]) if self.texts[token_id] is not None else None
+                verdict = self._try(state, text) if text is not None else None
                 # near the budget, no bar is split around a repeat: its other half would be owed before the end
                 ok = verdict is not None and not (ending and verdict[0] not in (None, state.owed))
             if ok:
