@@ -136,6 +136,10 @@ def test_no_empty_line_and_no_run_of_spaces():
 
 def test_near_the_budget_only_the_ending_is_kept():
     assert allowed_after(HEADER + "A|d2d dcd|d3 d2|]", max_new_tokens=3) == {"</s>"}
+    assert allowed_after(HEADER + "A|d2d dc |", max_new_tokens=10) == {"</s>"}  # a short last bar
+    # ... but not while a slur is open: more would follow the short bar, and it would lie inside the tune
+    assert allowed_after(HEADER + "(A|d2d dc |", max_new_tokens=10) == {")"}
+    assert allowed_after(HEADER + "(A|d2d dc |)", max_new_tokens=10) == {"</s>"}
 
 
 def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():

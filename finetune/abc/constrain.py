@@ -137,6 +137,15 @@ def _line_tail(text: str) -> str:
     return line if not line.strip() else text[-1:]
 
 
+def _nothing_open(reader: Reader) -> bool:
+    """Nothing the text has opened waits for more: no chord, slur, tuplet, broken rhythm, decoration, tie or grace
+    notes."""
+    return (
+        reader.chord is None and reader.slurs == 0 and reader.tuplet_left == 0 and reader.pending_broken == 1
+        and not reader.decorated and not reader.tied and not reader.graced
+    )
+
+
 def _whole(pending: str) -> regex.Match | None:
     """The token being written, if it is one whole token already."""
     token = whole_token(pending) if pending else None
@@ -484,7 +493,8 @@ class MetreLogitsProcessor(LogitsProcessor):
             return False
         if len(done.bars) <= len(before.bars):  # no music since the last bar line: it may close a variant ending
             return before.ending_open and not done.ending_open and not done.has_notes
-        return not done.has_notes and self._may_close_last(state, done)
+        # and nothing open waits for more music, which would make this short bar one inside the tune
+        return not done.has_notes and _nothing_open(done) and self._may_close_last(state, done)
 
     @staticmethod
     def _may_close_last(state: RowState, done: Reader) -> bool:
@@ -516,14 +526,8 @@ class MetreLogitsProcessor(LogitsProcessor):
         return (
             len(done.problems) == len(reader.problems)
             and not done.has_notes
-            and done.chord is None
-            and done.slurs == 0
-            and done.tuplet_left == 0
-            and done.pending_broken == 1
-            and not done.decorated
+            and _nothing_open(done)
             and not done.ending_open  # abc2midi wants the last variant ending closed (`|]`, `||`, `:|`)
-            and not done.tied
-            and not done.graced
             and done.may_stop_after(done.bars[-1])
             and not done.last_bar.endswith(":")  # no repeat opened at the very end (`|:`, `::`)
         )
