@@ -28,6 +28,7 @@ VARIANTS = {
     "narrow-deep (192x6)": ["--model_config", '{"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 4}'],
     "wide (384x4)": ["--model_config", '{"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 6}'],
     "transpose +-1,2": ["--transpose_train", "-2", "-1", "1", "2"],
+    "train_tunes metre": ["--train_tunes", "metre"],
     "bf16": ["--bf16", "true"],
 }
 COLUMNS = ["variant", "steps", "train_minutes", "bits_per_char", "own_validity", "own_bars", "constrained_validity", "constrained_bars"]
