@@ -21,8 +21,8 @@ tokens only. A token is refused when its text would:
   open;
 - write what abc2midi does not read although ABC allows it (`Reader.quirks`: a decoration, grace notes or a tie
   not followed by their note, a second `|:` or variant ending out of place, ...), a decoration abc2midi does not
-  play, an octave mark against the letter's case (`e,`), an empty line (it ends a tune) or a run of more than
-  MAX_SPACES spaces.
+  play, an octave mark against the letter's case (`e,`), an empty line (it ends a tune), a run of more than
+  MAX_SPACES spaces or backquotes, or a bar with nothing in it (`| |`, `Reader.empty_bars`).
 
 In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of being cut off: the end-of-sequence
 token as soon as it is allowed, else a slur closed, a half-written token finished, the open bar closed (it may be
@@ -93,7 +93,7 @@ OCTAVE_MARKS = ("'", "''", ",", ",,")
 EMPTY_LINE = regex.compile(r"\n[ \t]*\n")
 # Tunes align bars with runs of spaces: 2 to 4 are three in four of the training tunes' runs.
 MAX_SPACES = 4
-LONG_SPACE_RUN = " " * (MAX_SPACES + 1)
+LONG_LAYOUT_RUN = regex.compile(r"[ `]{%d}" % (MAX_SPACES + 1))  # backquotes too: ABC's beam spacing, no music
 
 
 @dataclass
@@ -129,16 +129,17 @@ def _reachable(reader: Reader, limit: Fraction) -> bool:
 
 
 def _spaced(text: str) -> bool:
-    """No empty line (in ABC it ends the tune) and no run of more than MAX_SPACES spaces: tunes align their bars
-    with a few, and a model could otherwise fill a bar's wait with them (`text` starts at the last line break)."""
-    return LONG_SPACE_RUN not in text and EMPTY_LINE.search(text) is None
+    """No empty line (in ABC it ends the tune) and no run of more than MAX_SPACES spaces or backquotes: tunes align
+    their bars with a few, and a model could otherwise fill a bar's wait with them (`text` starts at the last line
+    break)."""
+    return LONG_LAYOUT_RUN.search(text) is None and EMPTY_LINE.search(text) is None
 
 
 def _line_tail(text: str) -> str:
     """What _spaced needs of the text so far: from its last line break if the line holds only white space, else
-    its last character with the spaces after it."""
+    its last character with the spaces and backquotes after it."""
     line = text[text.rfind("\n"):] if "\n" in text else text
-    return line if not line.strip() else text[len(text.rstrip(" ")) - 1:]
+    return line if not line.strip() else text[max(len(text.rstrip(" `")) - 1, 0):]
 
 
 def _read(reader: Reader, text: str) -> Reader:
@@ -336,6 +337,7 @@ class MetreLogitsProcessor(LogitsProcessor):
 
         if pending and (
             len(done.problems) > len(reader.problems)
+            or done.empty_bars > reader.empty_bars
             or self._close_bars(state, done) is None
             or bar_open and done.current > limit
         ):
@@ -416,6 +418,10 @@ class MetreLogitsProcessor(LogitsProcessor):
         owed, _ = verdict
         if owed is not None and not SECTION_BAR.search(done.before):
             return None  # the rest of a bar split around a repeat follows the repeat at once (`|:|` would part them)
+        if done.empty_bars > before.empty_bars:  # a bar without music; `|` may yet open a repeat or an ending
+            if complete is None or complete.group("bar") is None or len(text) >= 8:
+                return None
+            return next((v for c in ":12[" if (v := self._try(state, text + c)) is not None), None)
         wanted = done.wanted()
         if wanted is not None and not self._room(before, reader, done, owed if owed is not None else wanted):
             return None

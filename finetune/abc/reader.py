@@ -194,6 +194,11 @@ class Reader:
     ending_open: bool = False
     last_kind: str = ""  # of the token before
     last_bar: str = ""  # the last bar line
+    bar_on_line: bool = False  # a bar line was read on this line
+    # Bar lines closing a bar with nothing in it on their line (`| |`, `|| ||`, `:| ||`): blank staves of tune
+    # books, and for a sampler a way to write bars without music. Not counted: a bar line opening a repeat or a
+    # variant ending (`:| |:`, `| [1`), and the first on its line (`|\n| G2`).
+    empty_bars: int = 0
     tied: bool = False  # a tie waits for its next note
     tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
     pitch: str = ""  # of the last note
@@ -316,7 +321,7 @@ class Reader:
                 self.content_since_bar = False
             if self.bars and not self.content_since_bar:
                 self.bars[-1].line_end = True
-        self.field_line, self.line_start, self.content_since_bar = None, True, False
+        self.field_line, self.line_start, self.content_since_bar, self.bar_on_line = None, True, False, False
         self.line += 1
 
     # ------------------------------------------------------------------ fields
@@ -380,6 +385,9 @@ class Reader:
             self.last_kind = kind
         if kind in ("space", "comment", "continuation"):
             return
+        if kind == "bar" and self.bar_on_line and not self.content_since_bar and not self.has_notes:
+            bar = match.group()
+            self.empty_bars += not (bar.rstrip().endswith(":") or any(c.isdigit() for c in bar))
         self._music()
         self.content_since_bar = True
         if kind == "field":
@@ -394,7 +402,7 @@ class Reader:
                 self.problem("bar line inside a chord")
                 self.chord = None
             self._close_bar(match.group())
-            self.content_since_bar = False
+            self.content_since_bar, self.bar_on_line = False, True
         elif kind in ("note", "rest"):
             self.staccato, self.decorated = "." in self.decorated, ""
             text = match.group("len") if kind == "note" else match.group("rlen")
