@@ -196,8 +196,9 @@ class Reader:
     last_bar: str = ""  # the last bar line
     bar_on_line: bool = False  # a bar line was read on this line
     # Bar lines closing a bar with nothing in it on their line (`| |`, `|| ||`, `:| ||`): blank staves of tune
-    # books, and for a sampler a way to write bars without music. Not counted: a bar line opening a repeat or a
-    # variant ending (`:| |:`, `| [1`), and the first on its line (`|\n| G2`).
+    # books, and for a sampler a way to write bars without music. Not counted: a bar line opening a repeat
+    # (`:| |:`), a variant ending after a plain bar line or a repeat (`| [1`, `:| [2`), and the first on its line
+    # (`|\n| G2`).
     empty_bars: int = 0
     tied: bool = False  # a tie waits for its next note
     tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
@@ -386,8 +387,9 @@ class Reader:
         if kind in ("space", "comment", "continuation"):
             return
         if kind == "bar" and self.bar_on_line and not self.content_since_bar and not self.has_notes:
-            bar = match.group()
-            self.empty_bars += not (bar.rstrip().endswith(":") or any(c.isdigit() for c in bar))
+            bar, last = match.group(), self.last_bar.rstrip()
+            ending = any(c.isdigit() for c in bar) and (last == "|" or last.startswith(":") and not last.endswith(":"))
+            self.empty_bars += not (bar.rstrip().endswith(":") or ending)
         self._music()
         self.content_since_bar = True
         if kind == "field":
