@@ -301,10 +301,22 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path):
 def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_reason(tmp_path):
     from finetune.sampling import write_midi
 
-    assert write_midi("X:1\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n", tmp_path / "a.mid") is None
+    assert write_midi("X:1\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n", tmp_path / "a.mid", writer="music21") is None
     assert (tmp_path / "a.mid").stat().st_size > 0
     long_tune = "X:1\nM:6/8\nL:1/8\nK:D\n" + "|:ABc def:|\n" * 300
-    assert write_midi(long_tune, tmp_path / "b.mid", seconds=0.05).startswith("_TooSlow: gave up after 0.05 s")
+    assert write_midi(long_tune, tmp_path / "b.mid", seconds=0.05, writer="music21").startswith("_TooSlow: gave up after 0.05 s")
+
+
+@pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi not installed (Debian: apt-get install abcmidi)")
+def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
+    """A repeat opened and never closed, as a model writes it and abc2midi passes it: music21 gives up."""
+    from finetune.sampling import write_midi
+
+    tune = "X:1\nM:4/4\nL:1/8\nK:G\nD2 | G2B2d2cB | A2A2G2z2 || |:B2d2g2e2 | d4z2 |]\n"
+    assert write_midi(tune, tmp_path / "m.mid", writer="music21").startswith("ExpanderException")
+    assert write_midi(tune, tmp_path / "a.mid") is None and (tmp_path / "a.mid").stat().st_size > 0
+    assert write_midi("no tune at all", tmp_path / "a.mid").startswith("abc2midi wrote no MIDI")
+    assert not (tmp_path / "a.mid").exists()  # the earlier file is gone, not passed off as this one's
 
 
 def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_path):
