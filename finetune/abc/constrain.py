@@ -280,7 +280,8 @@ class MetreLogitsProcessor(LogitsProcessor):
                     return settling[: self.keep]
             else:
                 order, weights = _only(order, weights, lambda t: self.texts[t] is None or PLAIN_TEXT.match(self.texts[t]))
-                closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])]
+                closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])
+                           and self._try(state, self.texts[t], metre=False) is not None]  # syntax and policy too
                 if closing:
                     return closing[: self.keep]
                 if not state.reader.has_notes:  # the last bar may not end the tune: only more music will

@@ -497,6 +497,9 @@ class Reader:
         if len(set(arrows)) > 1:
             self.problem(f"mixed broken rhythm {arrows!r}")
             return
+        if self.pending_broken != 1:  # `F>>>>>D`: abc2midi says "Too many >'s"
+            self.problem(f"broken rhythm {arrows!r} right after another")
+            return
         shorter = Fraction(1, 2 ** len(arrows))
         first, second = (2 - shorter, shorter) if arrows[0] == ">" else (shorter, 2 - shorter)
         self.current += self.last_note * (first - 1)
