@@ -14,7 +14,7 @@ EXPECTED = [
     "optimizer state, adamw_8bit vs adamw_torch", "peak RSS of a 3-step run, adamw_8bit vs adamw_torch",
     "data prepare+tokenize+pack, warm vs cold", "eval tokens/s vs train tokens/s",
     "eval tokens/s, ours vs dense-mask packing", "generate 128 tokens, KV cache vs none",
-    "sample tunes, constrained (--constrain metre) vs own",
+    "sample tunes, constrained (--constrain metre) vs own", "sample tunes, constrained vs own: generate steps/s",
     "validation bits per character after training",
 ]
 

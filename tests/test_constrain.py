@@ -49,6 +49,13 @@ def test_a_short_bar_closes_only_as_a_pickup_or_around_a_repeat():
     assert "d" in allowed_after(HEADER + "A|d2d dcd|d3 d2:|\nd|")
     assert "d" not in allowed_after(HEADER + "A|d2d dcd|d3 d2:|\nd2|")
     assert "1" in allowed_after(HEADER + "A|d2d dcd|[")  # `|[1`, as tunes write a variant ending too
+    # a section opens at `|:` even with an empty bar before it: its last bar balances its own pickup
+    from finetune.abc.reader import Reader
+
+    bars, owed, opening = Reader().feed(HEADER + "d2d dcd|d3 d2:| |:d|d2d dcd|d3 d2:|").bars, None, 0
+    for index in range(len(bars)):
+        owed, opening = MetreLogitsProcessor._bar_closes(bars, index, owed, opening)
+    assert (owed, opening) == (None, 2)  # no half bar owed after the last
 
 
 def test_the_prompted_metre_and_key_cannot_change_and_no_comment_or_field_line_starts():

@@ -488,6 +488,8 @@ class MetreLogitsProcessor(LogitsProcessor):
     def _bar_closes(bars, index: int, owed, opening: int):
         """(owed, opening) once bar `index` has closed, if ABC practice allows it to close as it is; else None."""
         bar = bars[index]
+        if index and SECTION_START.search(bar.before):  # as the checker's section_openings reads it (`:| |:`
+            opening = index  # leaves an empty bar between the bar closed at `:|` and this one)
         next_opening = index + 1 if SECTION_START.search(bar.after) else opening
         if bar.wanted is None:
             return None, next_opening
