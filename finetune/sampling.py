@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .abc import header_length
+from .abc.check import run_abc2midi
 from .abc.constrain import MetreLogitsProcessor
 from .errors import UserError
 from .model import context_length
@@ -209,14 +209,9 @@ def write_midi(text: str, path: Path, seconds: float = MIDI_SECONDS, writer: str
 def _abc2midi_midi(text: str, path: Path, seconds: float) -> str | None:
     path.unlink(missing_ok=True)  # a file left from an earlier run must not pass for this one
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "tune.abc"
-        # NUL cannot pass through abc2midi's C strings
-        source.write_text(text.replace("\0", " "), encoding="utf-8", errors="replace")
-        try:
-            out = subprocess.run(["abc2midi", str(source), "-o", str(path.resolve()), "-silent"], capture_output=True,
-                                 text=True, errors="replace", cwd=tmp, timeout=seconds)
-        except subprocess.TimeoutExpired:
-            return f"abc2midi gave up after {seconds:g} s"
+        out = run_abc2midi(text, Path(tmp), "-o", str(path.resolve()), "-silent", seconds=seconds)
+    if out is None:
+        return f"abc2midi gave up after {seconds:g} s"
     if not path.exists() or path.stat().st_size == 0:
         said = (out.stdout + out.stderr).strip().splitlines()
         return f"abc2midi wrote no MIDI: {said[-1][:120] if said else f'exit {out.returncode}'}"

@@ -98,16 +98,24 @@ ABC2MIDI_GUESSES = re.compile(
 )
 
 
-def _abc2midi_errors(tune: str, workdir: Path) -> list[str]:
-    """abc2midi's findings for one tune. One run per tune: a tune that derails it cannot hide the next."""
+def run_abc2midi(source: str, workdir: Path, *flags: str, seconds: float = ABC2MIDI_SECONDS):
+    """abc2midi over `source` (ABC with its X: line) written to a file in `workdir`, with `flags` (`-c`: check only;
+    `-o FILE`: write the MIDI there): the finished process, or None if it ran past `seconds`."""
     path = workdir / "tune.abc"
     # NUL cannot pass through abc2midi's C strings; a tune that holds one is flagged by the Python reader.
-    path.write_text(f"X:1\n{tune.strip()}\n".replace("\0", " "), encoding="utf-8", errors="replace")
+    path.write_text(source.replace("\0", " "), encoding="utf-8", errors="replace")
     try:
-        out = subprocess.run(
-            ["abc2midi", str(path), "-c"], capture_output=True, text=True, errors="replace", cwd=workdir, timeout=ABC2MIDI_SECONDS
+        return subprocess.run(
+            ["abc2midi", str(path), *flags], capture_output=True, text=True, errors="replace", cwd=workdir, timeout=seconds
         )
     except subprocess.TimeoutExpired:
+        return None
+
+
+def _abc2midi_errors(tune: str, workdir: Path) -> list[str]:
+    """abc2midi's findings for one tune. One run per tune: a tune that derails it cannot hide the next."""
+    out = run_abc2midi(f"X:1\n{tune.strip()}\n", workdir, "-c")
+    if out is None:
         return [f"abc2midi gave up on the tune after {ABC2MIDI_SECONDS} s"]
     errors = []
     for match in re.finditer(r"^(Error|Warning) in line-char (\d+)-\d+ : (.*)$", out.stdout + out.stderr, re.MULTILINE):
