@@ -46,15 +46,18 @@ def main(argv: list[str]) -> int:
     set_seed(training_args.seed)
 
     ########## data: clean tunes, tokenize, pack (cached by datasets; the main process goes first)
-    tokenizer = load_tokenizer(model_args, block_size)
     with training_args.main_process_first(desc="prepare data"):
         if data_args.streaming:  # read, cleaned, tokenized and packed while training; sizes estimated
+            tokenizer = load_tokenizer(model_args, block_size)
             tunes, skipped = clean_streams(load_raw_splits(data_args), data_args), {}
             lm_datasets, data_stats = tokenize_and_pack_stream(tunes, tokenizer, block_size, data_args, training_args.seed)
         else:
             tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
+            tokenizer = load_tokenizer(model_args, block_size, tunes["train"]["text"])
             lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
+    if model_args.tokenizer_merges:
+        notes.append(f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes")
     if data_args.transpose_train:
         notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
 

@@ -30,6 +30,10 @@ VARIANTS = {
     "transpose +-1,2": ["--transpose_train", "-2", "-1", "1", "2"],
     "train_tunes metre": ["--train_tunes", "metre"],
     "bf16": ["--bf16", "true"],
+    "bpe 512": ["--tokenizer_merges", "512"],
+    "bpe 1024": ["--tokenizer_merges", "1024"],
+    "bpe 2048": ["--tokenizer_merges", "2048"],
+    "bpe 1024, transpose +-1,2": ["--tokenizer_merges", "1024", "--transpose_train", "-2", "-1", "1", "2"],
 }
 COLUMNS = ["variant", "steps", "train_minutes", "bits_per_char", "own_validity", "own_bars", "constrained_validity", "constrained_bars"]
 

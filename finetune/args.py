@@ -34,6 +34,14 @@ class ModelArguments:
             "the built-in character-level ABC tokenizer."
         },
     )
+    tokenizer_merges: int = field(
+        default=0,
+        metadata={
+            "help": "For a new model: BPE merges learned from the training tunes on top of the character-level ABC "
+            "tokenizer (its ids unchanged; a token never spans a line end), so a token holds ~2.5 characters at "
+            "1024. 0: character level."
+        },
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
         default="sdpa",
         metadata={

@@ -4,6 +4,7 @@ LoRA/QLoRA adapters (peft) on a checkpoint."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from .args import ModelArguments
 from .attention import training_attention
 from .errors import UserError
 from .packing import start_token_id
-from .tokenizer import build_abc_tokenizer
+from .tokenizer import build_abc_tokenizer, learn_merges
 
 ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
@@ -67,10 +68,14 @@ def resolve_block_size(max_seq_length: int | None, config: PretrainedConfig) -> 
     return block_size
 
 
-def load_tokenizer(model_args: ModelArguments, max_seq_length: int) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    model_args: ModelArguments, max_seq_length: int, train_texts: Iterable[str] = ()
+) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer; `tokenizer_merges` are learned from `train_texts` (the same texts, the same merges)."""
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name is None:
-        return build_abc_tokenizer(model_max_length=max_seq_length)
+        merges = learn_merges(train_texts, model_args.tokenizer_merges) if model_args.tokenizer_merges else []
+        return build_abc_tokenizer(model_max_length=max_seq_length, merges=merges)
     tokenizer = _load_or_explain(
         AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=model_args.trust_remote_code
     )

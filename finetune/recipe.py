@@ -249,6 +249,14 @@ def _value_problems(ns: dict) -> list[str]:
             problems.append(f"'{key}' must be at least 1, got {ns[key]}")
     if ns["model_name_or_path"] is None and not ns["model_config"].get("model_type"):
         problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
+    if ns["tokenizer_merges"] < 0:
+        problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
+    elif ns["tokenizer_merges"] and (ns["model_name_or_path"] or ns["tokenizer_name_or_path"] or ns["streaming"]):
+        given = next(k for k in ("model_name_or_path", "tokenizer_name_or_path", "streaming") if ns[k])
+        problems.append(
+            f"'tokenizer_merges' learns a new tokenizer from the whole training split, which '{given}' rules out; "
+            "set 'tokenizer_merges' to 0, or unset the other"
+        )
     if ns["use_peft"] and not ns["model_name_or_path"]:
         problems.append("'use_peft' adapts a pretrained model: set 'model_name_or_path' (or turn 'use_peft' off)")
     for key in ("load_in_4bit", "merge_adapter"):

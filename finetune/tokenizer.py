@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import re
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+import json
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -49,13 +52,42 @@ def notation_merges() -> list[tuple[str, str]]:
     return merges
 
 
-def build_abc_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
-    """A fresh ABC tokenizer; `tokenizer(text)` prepends `<s>`, which is how every training tune starts."""
+# With learned merges a token may span anything but a line end: a line is a unit of ABC (a field, a line of music).
+LINE_PIECES = Regex(r"\n|[^\n]+")
+
+
+def learn_merges(texts: Iterable[str], count: int) -> list[tuple[str, str]]:
+    """`count` BPE merges learned from `texts` over the ABC alphabet (pieces never cross a line end)."""
+    learner = Tokenizer(models.BPE(unk_token=UNK))
+    learner.pre_tokenizer = pre_tokenizers.Split(LINE_PIECES, behavior="isolated")
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(SPECIAL_TOKENS) + len(ALPHABET) + count,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=ALPHABET,
+        limit_alphabet=len(ALPHABET),
+        show_progress=False,
+    )
+    learner.train_from_iterator(texts, trainer)
+    merges = json.loads(learner.to_str())["model"]["merges"]
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def build_abc_tokenizer(model_max_length: int, merges: list[tuple[str, str]] = ()) -> PreTrainedTokenizerFast:
+    """A fresh ABC tokenizer; `tokenizer(text)` prepends `<s>`, which is how every training tune starts.
+
+    With `merges` (from `learn_merges`), the tokens they make follow the fixed ones, whose ids stay as they are.
+    """
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + NOTATIONS + ALPHABET + BYTE_TOKENS)}
-    tokenizer = Tokenizer(models.BPE(vocab, notation_merges(), unk_token=UNK, byte_fallback=True))
+    all_merges = notation_merges()
+    for left, right in merges:
+        if left in vocab and right in vocab and (left, right) not in all_merges:
+            all_merges.append((left, right))
+            vocab.setdefault(left + right, len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab, all_merges, unk_token=UNK, byte_fallback=True))
     notations = "|".join(re.escape(n) for n in NOTATIONS)
     # `[\s\S]` and not `.`: the regex engine (Oniguruma) does not let `.` match a newline here.
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{notations}|[\s\S]"), behavior="isolated")
+    pieces = LINE_PIECES if merges else Regex(rf"{notations}|[\s\S]")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pieces, behavior="isolated")
     tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]

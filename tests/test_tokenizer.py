@@ -82,3 +82,28 @@ def test_bits_per_char_counts_a_character_spelt_in_bytes_once(tokenizer):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert chars[ids].sum() == len(text), text
     assert np.all(chars[tokenizer.all_special_ids] == 0)
+
+
+def test_learned_merges_keep_the_character_ids_shorten_tunes_and_stay_lossless(corpus, tmp_path):
+    """`tokenizer_merges`: merges learned from the training tunes (the same every time) are appended to the character
+    tokenizer, whose ids stay; held-out tunes take fewer than half the tokens, and any text still round-trips."""
+    from finetune.tokenizer import learn_merges
+
+    merges = learn_merges(corpus["train"], 256)
+    assert merges == learn_merges(corpus["train"], 256) and len(merges) == 256
+    build_abc_tokenizer(model_max_length=1024, merges=merges).save_pretrained(tmp_path)
+    learned, characters = AutoTokenizer.from_pretrained(tmp_path), build_abc_tokenizer(model_max_length=1024)
+    fixed = characters.get_vocab()
+    assert {t: i for t, i in learned.get_vocab().items() if i < len(fixed)} == fixed
+    assert len(fixed) + 200 < len(learned) <= len(fixed) + 256
+    assert not any("\n" in token and token != "\n" for token in learned.get_vocab())  # no token spans a line end
+    held_out = corpus["validation"]
+    encoded = learned(held_out)["input_ids"]
+    assert learned.batch_decode(encoded, skip_special_tokens=True) == held_out
+    assert sum(map(len, held_out)) > 2 * sum(len(ids) - 1 for ids in encoded)
+    rng = random.Random(1)
+    texts = [random_unicode(rng, rng.randint(0, 60)) for _ in range(500)] + ["T:Reel — çé 茉莉花 🎻\n|:abc:|]"]
+    assert learned.batch_decode(learned(texts)["input_ids"], skip_special_tokens=True) == texts
+    chars = chars_per_token(learned)
+    for text in held_out[:50] + texts[:50]:
+        assert chars[learned(text, add_special_tokens=False)["input_ids"]].sum() == len(text)
