@@ -26,7 +26,7 @@ from finetune.model import count_parameters, load_config, load_model, load_token
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
-from finetune.run_dir import check_disk_space, check_output_dir, write_run_files
+from finetune.run_dir import check_disk_space, check_output_dir, check_resume_tokenizer, write_run_files
 from finetune.streaming import StreamPasses, check_stream_resume, clean_streams, tokenize_and_pack_stream
 
 
@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
             tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
             tokenizer = load_tokenizer(model_args, block_size, tunes["train"]["text"])
             lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
+    if resume_from and not model_args.model_name_or_path:
+        check_resume_tokenizer(resume_from, tokenizer.get_vocab())
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
     if model_args.tokenizer_merges:
         notes.append(f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes")

@@ -15,6 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from tokenizers import Tokenizer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import sort_checkpoints
 
@@ -81,6 +82,17 @@ def check_output_dir(output_dir: str, resolved: dict, allow_recipe_change: bool)
             "choose another output_dir, or pass --allow_recipe_change to resume from them anyway"
         )
     return checkpoint
+
+
+def check_resume_tokenizer(checkpoint: str, vocab: dict[str, int]) -> None:
+    """Refuse to resume when the tokenizer built for this run gives other ids than the checkpoint's own
+    (`tokenizer_merges` learnt from changed data): its weights would read every tune wrong."""
+    saved = Path(checkpoint) / "tokenizer.json"
+    if saved.is_file() and Tokenizer.from_file(str(saved)).get_vocab() != vocab:
+        raise UserError(
+            f"{checkpoint} was trained with another tokenizer than this run builds (its data changed?); "
+            "choose another output_dir, or restore the data it was trained on"
+        )
 
 
 def existing_ancestor(output_dir: str) -> Path:

@@ -151,3 +151,29 @@ def test_gradient_accumulation_gives_the_loss_of_the_whole_batch(tmp_path):
         for name in ("a", "b")
     ]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_learned_merges_train_resume_and_a_changed_corpus_is_refused(tmp_path):
+    """`tokenizer_merges`: the run's tokenizer (characters + merges learnt from its training tunes) is saved with the
+    model, whose embeddings match it, and sampling through the constraint reads it. Re-running resumes, since the
+    same tunes give the same merges; resuming over other training tunes (other merges, other ids) is refused."""
+    from finetune.model import load_checkpoint
+    from finetune.sampling import SampleArguments, generate_tunes
+
+    out = tmp_path / "merges"
+    flags = ["--tokenizer_merges", 64, *ACCEPTANCE_FLAGS, "--output_dir", out]
+    first = finetune("--max_steps", 2, *flags)
+    model, tokenizer = load_checkpoint(str(out))
+    assert f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes" in first.stdout
+    assert 431 + 50 < len(tokenizer) == model.get_input_embeddings().weight.shape[0] <= 431 + 64
+    tunes = generate_tunes(model, tokenizer, ["M:6/8\nL:1/8\nK:D\n"] * 2, SampleArguments(num_samples=2, max_new_tokens=40))
+    assert all(tune.text.startswith("M:6/8\nL:1/8\nK:D\n") and tune.new_tokens > 0 for tune in tunes)
+    resumed = finetune("--max_steps", 3, *flags)
+    assert f"Resuming from {out}/checkpoint-2" in resumed.stdout
+    refused = subprocess.run(
+        [sys.executable, "run_finetune.py", str(TINY_RECIPE), "--max_steps", "4", *map(str, flags),
+         "--max_train_samples", "32", "--allow_recipe_change"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "was trained with another tokenizer than this run builds" in refused.stderr
