@@ -9,13 +9,14 @@ Any other character is spelled as its UTF-8 bytes, `<0xE8><0x8C><0x89>`, as Llam
 (byte fallback), so `decode(encode(text)) == text` for every Unicode string: titles in Polish, Czech or
 Chinese survive. The byte tokens come after the 175 tokens of the first version, whose ids are unchanged,
 so a model trained with that version reads the same ids from this one.
+
+`tokenizer_merges` (a recipe key) adds BPE merges learned from the training tunes after those ids (`learn_merges`).
 """
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
