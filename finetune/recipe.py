@@ -251,8 +251,9 @@ def _value_problems(ns: dict) -> list[str]:
         problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
-    elif ns["tokenizer_merges"] and (ns["model_name_or_path"] or ns["tokenizer_name_or_path"] or ns["streaming"]):
-        given = next(k for k in ("model_name_or_path", "tokenizer_name_or_path", "streaming") if ns[k])
+    elif ns["tokenizer_merges"] and (
+        given := next((k for k in ("model_name_or_path", "tokenizer_name_or_path", "streaming") if ns[k]), None)
+    ):
         problems.append(
             f"'tokenizer_merges' learns a new tokenizer from the whole training split, which '{given}' rules out; "
             "set 'tokenizer_merges' to 0, or unset the other"
