@@ -129,6 +129,15 @@ class DataArguments:
             "never learns a bar that is off. Validation and test keep every tune. 'all': every clean tune."
         },
     )
+    balance_metres: int = field(
+        default=0,
+        metadata={
+            "help": "Data augmentation: every (M:, L:) pair that at least 2 and fewer than this many training tunes "
+            "write is topped up to this many with copies of tunes of the same bar at another note value (6/8 with "
+            "L:1/8 rewritten as 6/4 with L:1/4: only the header changes, finetune/abc/rescale.py). Validation and "
+            "test keep their tunes as written. 0: no copies."
+        },
+    )
     transpose_train: list[int] = field(
         default_factory=list,
         metadata={

@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import datasets
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
 from .abc.check import analyse
+from .abc.rescale import family, metre_pair, rescale
 from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
@@ -302,6 +304,8 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
             range(min(data_args.max_eval_samples, len(cleaned["validation"])))
         )
     cleaned = {split: ds.remove_columns("key") for split, ds in cleaned.items()}
+    if data_args.balance_metres:  # after the split, so that copies are of training tunes and stay in train
+        cleaned["train"] = with_rescaled_copies(cleaned["train"].select_columns(["text"]), data_args)
     if data_args.transpose_train:  # after the split, so that a tune's copies stay in train with it
         cleaned["train"] = cleaned["train"].select_columns(["text"]).map(
             with_transposed_copies,
@@ -319,6 +323,57 @@ OFF_METRE = "a bar off the metre (train_tunes: metre)"
 def keeps_metre(batch: dict) -> list[bool]:
     """datasets' batched filter for `train_tunes: metre`: does every bar of each tune keep the metre?"""
     return [analyse(text, strict_syntax=False).bars_off == 0 for text in batch["text"]]
+
+
+# The least number of training tunes an (M:, L:) pair needs to be topped up by `balance_metres`: a pair that
+# one tune writes may be a slip; two make it notation in use. The seed makes the copies the same at every run.
+BALANCE_MIN_TUNES = 2
+BALANCE_SEED = 3407
+
+
+def metre_pairs(batch: dict) -> dict:
+    """datasets' batched map: each tune's (M:, L:) when it can be rescaled (finetune/abc/rescale.py), else ''."""
+    pairs = [metre_pair(text) for text in batch["text"]]
+    return {"meter": [p[0] if p else "" for p in pairs], "unit": [p[1] if p else "" for p in pairs]}
+
+
+def with_rescaled_copies(train: datasets.Dataset, data_args: DataArguments) -> datasets.Dataset:
+    """`balance_metres`: each (M:, L:) pair that at least BALANCE_MIN_TUNES and fewer than `balance_metres`
+    training tunes write gets copies of tunes of its family (the same bars at another note value: 6/8 with
+    L:1/8 for 6/4 with L:1/4), drawn without repeats, until it has `balance_metres` tunes or its family has
+    no more. The rare metres are where a model miscounts its bars; the copies teach it their bar length on
+    music it already reads in common ones."""
+    up_to = data_args.balance_metres
+    read = train.map(metre_pairs, batched=True, num_proc=worker_count(data_args, len(train)), desc="read metres")
+    tunes_of = defaultdict(list)
+    for index, pair in enumerate(zip(read["meter"], read["unit"])):
+        if pair[0]:
+            tunes_of[pair].append(index)
+    families = defaultdict(list)
+    for pair in tunes_of:
+        families[family(*pair)].append(pair)
+    rng = random.Random(BALANCE_SEED)
+    sources, targets = [], []
+    for pair in sorted(tunes_of):
+        have = len(tunes_of[pair])
+        if not BALANCE_MIN_TUNES <= have < up_to:
+            continue
+        pool = sorted(i for other in families[family(*pair)] if other != pair for i in tunes_of[other])
+        chosen = rng.sample(pool, min(up_to - have, len(pool)))
+        sources += chosen
+        targets += [pair] * len(chosen)
+    if not sources:
+        return train
+    copies = train.select(sources).map(
+        rescaled_batch, batched=True, with_indices=True, fn_kwargs={"targets": targets}, desc="rescale train"
+    )
+    return datasets.concatenate_datasets([train, copies])
+
+
+def rescaled_batch(batch: dict, indices: list[int], targets: list[tuple[str, str]]) -> dict:
+    """datasets' batched map: each tune rewritten in its target (M:, L:); one that cannot be is left out."""
+    rewritten = (rescale(text, *targets[i])[0] for text, i in zip(batch["text"], indices))
+    return {"text": [text for text in rewritten if text is not None]}
 
 
 def with_transposed_copies(batch: dict, shifts: list[int]) -> dict:

@@ -249,6 +249,11 @@ def _value_problems(ns: dict) -> list[str]:
             problems.append(f"'{key}' must be at least 1, got {ns[key]}")
     if ns["model_name_or_path"] is None and not ns["model_config"].get("model_type"):
         problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
+    if ns["balance_metres"] < 0:
+        problems.append(f"'balance_metres' must be 0 (no copies) or a number of tunes, got {ns['balance_metres']}")
+    elif ns["balance_metres"] and ns["streaming"]:
+        problems.append("'balance_metres' counts the tunes of each metre over the whole training split, which "
+                        "'streaming' never holds; set 'balance_metres' to 0, or turn 'streaming' off")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (

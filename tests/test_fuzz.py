@@ -3,6 +3,7 @@ and sampling flags. Each input is a real one (a corpus tune, a shipped recipe) m
 result or a one-line UserError, never another exception, and for the checker a verdict in bounded time."""
 
 import json
+from collections import Counter
 import random
 import shutil
 import subprocess
@@ -79,6 +80,36 @@ def test_transposer_moves_any_mutated_tune_or_says_why():
             assert analyse(moved).valid == analyse(tune).valid, tune
     print(outcomes)
     assert outcomes["moved"] > 2000 and outcomes["refused"] > 0
+
+
+def test_rescaler_rewrites_any_mutated_tune_or_says_why():
+    """3,000 mutated real tunes rewritten into another (M:, L:), mostly of the tune's family, some of none: a tune
+    comes back, or None with a reason; never an exception. A rewritten tune differs in its header only, and
+    keeps the checker's verdict (every bar lasts what it did, and so does the bar M: and L: ask for)."""
+    from finetune.abc import header_length
+    from finetune.abc.rescale import family, metre_pair, rescale
+
+    rng = random.Random(6)
+    tunes = [json.loads(line)["text"] for line in open(BUILTIN_DIR / "train.jsonl")][:3000]
+    pairs = [(f"{p}/{q}", f"1/{n}") for p in (2, 3, 4, 6, 9, 12) for q in (2, 4, 8, 16) for n in (1, 2, 4, 8, 16, 32)]
+    pairs += [("C", "1/8"), ("C|", "1/4"), ("0/4", "1/8"), ("3/4", "1/0"), ("3/4", "1/3"), ("none", "1/8"), ("6/8", "")]
+    outcomes = Counter()
+    for n, tune in enumerate(tunes):
+        own = metre_pair(tune)
+        mates = [pair for pair in pairs if own and family(*pair) == family(*own)]
+        target = rng.choice(mates) if mates and rng.random() < 0.8 else rng.choice(pairs)
+        tune = mutate(tune, rng, ABC_PIECES + ["\nQ:1/4=120\n", '\nQ:"Allegro" 3/8=90\n', "\nQ:C=80\n", "\nL:1/16\n"],
+                      rng.randint(0, 6))
+        rewritten, reason = rescale(tune, *target)
+        assert (rewritten is None) != (reason is None)
+        outcomes["rewritten" if rewritten is not None else "refused"] += 1
+        if rewritten is not None:
+            assert rewritten[header_length(rewritten):] == tune[header_length(tune):]
+            if n % 5 == 0:
+                before, after = analyse(tune), analyse(rewritten)
+                assert (after.valid, after.bars_off) == (before.valid, before.bars_off), tune
+    print(dict(outcomes))
+    assert outcomes["rewritten"] > 1000 and outcomes["refused"] > 1000
 
 
 def test_checker_flags_the_inputs_that_used_to_raise():

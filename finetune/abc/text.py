@@ -8,6 +8,8 @@ R: Q: P: for conditioning) stay, and multi-voice tunes are left out of a single-
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,25 @@ def header_length(text: str) -> int:
         return 0
     line_end = text.find("\n", end)
     return len(text) if line_end < 0 else line_end + 1
+
+
+def rewrite_book(file: str, rewrite: Callable[[str], tuple[str | None, str | None]], verb: str) -> int:
+    """The command-line loop of a rewriting (transpose.py, rescale.py): every tune of `file` rewritten on stdout, a
+    tune it refuses kept as it is with the reason on stderr. Exit status: 0, 1 when a tune was refused, 2 unreadable."""
+    try:
+        tunes = split_tunes(read_text(Path(file)))
+    except OSError as e:
+        print(f"error: {file}: {e.strerror}", file=sys.stderr)
+        return 2
+    refused = 0
+    for tune in tunes:
+        rewritten, reason = rewrite(tune)
+        if rewritten is None:
+            refused += 1
+            print(f"% not {verb}: {reason}", file=sys.stderr)
+            rewritten = tune
+        print(rewritten.rstrip("\n") + "\n")
+    return 1 if refused else 0
 
 
 def split_tunes(book: str) -> list[str]:

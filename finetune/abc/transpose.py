@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import regex
 
 from .reader import Reader
-from .text import read_text, split_tunes
+from .text import rewrite_book
 
 LETTERS = "CDEFGAB"
 NATURAL = (0, 2, 4, 5, 7, 9, 11)  # semitones above C of each letter
@@ -224,21 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="an ABC file (a tune book)")
     parser.add_argument("--semitones", type=int, required=True, help="how far to move, e.g. 2 or -5")
     args = parser.parse_args(argv)
-    try:
-        tunes = split_tunes(read_text(Path(args.file)))
-    except OSError as e:
-        print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
-        return 2
-    refused = 0
-    for tune in tunes:
-        moved, reason = transpose(tune, args.semitones)
-        if moved is None:
-            refused += 1
-            print(f"% not transposed: {reason}", file=sys.stderr)
-            moved = tune
-        print(moved.rstrip("\n") + "\n")
-    return 1 if refused else 0
-
+    return rewrite_book(args.file, lambda tune: transpose(tune, args.semitones), "transposed")
 
 if __name__ == "__main__":
     sys.exit(main())
