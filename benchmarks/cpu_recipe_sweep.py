@@ -35,6 +35,7 @@ VARIANTS = {
     "bpe 2048": ["--tokenizer_merges", "2048"],
     "bpe 1024, transpose +-1,2": ["--tokenizer_merges", "1024", "--transpose_train", "-2", "-1", "1", "2"],
     "half batch (8k tokens a step)": ["--gradient_accumulation_steps", "2", "--warmup_steps", "100"],
+    "balance_metres 150": ["--balance_metres", "150"],
 }
 COLUMNS = ["variant", "steps", "train_minutes", "bits_per_char", "own_validity", "own_bars", "constrained_validity", "constrained_bars"]
 

@@ -225,5 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return rewrite_book(args.file, lambda tune: transpose(tune, args.semitones), "transposed")
 
+
 if __name__ == "__main__":
     sys.exit(main())
