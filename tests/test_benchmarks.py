@@ -56,17 +56,17 @@ def test_data_scale_benchmark_measures_a_real_dry_run(tmp_path):
 
 def test_cpu_recipe_sweep_trains_evaluates_and_tabulates_a_variant(tmp_path):
     """benchmarks/cpu_recipe_sweep.py: a variant trains, its final model is scored own and constrained, and the
-    row lands in the table (here the tiny recipe, 2 steps, 4 prompts)."""
+    row lands in the table (here the tiny recipe, 2 steps, 4 prompts; the variant tops up its rare metres)."""
     results = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "benchmarks/cpu_recipe_sweep.py", "--recipe", str(TINY_RECIPE), "--only", "lr2e-3", "--steps", "2",
+        [sys.executable, "benchmarks/cpu_recipe_sweep.py", "--recipe", str(TINY_RECIPE), "--only", "balance_metres 150", "--steps", "2",
          "--out", str(tmp_path / "runs"), "--results", str(results), "--num_samples", "4"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(results.with_suffix(".json").read_text())
-    assert row["variant"] == "lr2e-3" and row["steps"] == 2 and row["flags"] == ["--learning_rate", "2e-3"]
+    assert row["variant"] == "balance_metres 150" and row["steps"] == 2 and row["flags"] == ["--balance_metres", "150"]
     assert 0 <= row["own_validity"] <= 1 and 0 <= row["constrained_validity"] <= 1
     # bars are NaN where a 2-step model's tunes hold none
     assert all(math.isnan(row[key]) or 0 <= row[key] <= 1 for key in ("own_bars", "constrained_bars"))
-    assert "| lr2e-3 | 2 |" in results.with_suffix(".md").read_text()
+    assert "| balance_metres 150 | 2 |" in results.with_suffix(".md").read_text()
