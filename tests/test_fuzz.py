@@ -98,7 +98,7 @@ def test_rescaler_rewrites_any_mutated_tune_or_says_why():
         own = metre_pair(tune)
         mates = [pair for pair in pairs if own and family(*pair) == family(*own)]
         target = rng.choice(mates) if mates and rng.random() < 0.8 else rng.choice(pairs)
-        tune = mutate(tune, rng, ABC_PIECES + ["\nQ:1/4=120\n", '\nQ:"Allegro" 3/8=90\n', "\nQ:C=80\n", "\nL:1/16\n"],
+        tune = mutate(tune, rng, ABC_PIECES + ["\nQ:1/4=120\n", '\nQ:"Allegro" 3/8=90\n', "\nQ:C=80\n", "\nQ:1/0=90\n", "\nL:1/16\n"],
                       rng.randint(0, 6))
         rewritten, reason = rescale(tune, *target)
         assert (rewritten is None) != (reason is None)

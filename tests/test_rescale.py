@@ -39,6 +39,7 @@ def test_only_the_header_changes_and_the_tempo_moves_with_the_unit(meter, unit, 
     ("M:6/8\nL:1/8\nK:D\nA|[Q:1/4=90]A|\n", "6/4", "1/4", "inline [Q:]"),
     ("M:6/8\nL:1/8\nK:D\nA|\nL:1/16\nA|\n", "6/4", "1/4", "after the header"),
     ("M:6/8\nL:1/8\nQ:C=120\nK:D\nA|\n", "6/4", "1/4", "Q:C=120"),
+    ("M:6/8\nL:1/8\nQ:1/0=120\nK:D\nA|\n", "6/4", "1/4", "Q:1/0=120"),
 ])
 def test_what_cannot_be_rewritten_exactly_is_refused_with_the_reason(tune, meter, unit, reason):
     rewritten, why = rescale(tune, meter, unit)

@@ -24,7 +24,7 @@ import regex
 from .reader import METER, UNIT, Reader, bar_units, parse_meter
 from .text import rewrite_book
 
-TEMPO_BEATS = regex.compile(r"(\d{1,4})\s*/\s*(\d{1,4})")  # the beat fractions of `Q:"Allegro" 1/4=120`
+TEMPO_BEATS = regex.compile(r"(\d{1,4})\s*/\s*([1-9]\d{0,3})")  # the beat fractions of `Q:"Allegro" 1/4=120`
 BARE_TEMPO = regex.compile(r'^\s*(?:"[^"]*"\s*)?(?:\d{1,4}\s*)?(?:"[^"]*"\s*)?$')  # `Q:120`, `Q:"Slow"`
 
 
