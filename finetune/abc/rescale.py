@@ -122,9 +122,10 @@ def rescale(tune: str, meter: str, unit: str) -> tuple[str | None, str | None]:
     if reason := _refusal(read):
         return None, reason
     old_meter, old_unit = read.fields["M"], read.fields["L"]
-    if family(meter, unit) is None:
+    new = family(meter, unit)
+    if new is None:
         return None, f"M:{meter} L:{unit} is no metre with bars"
-    if family(meter, unit) != family(old_meter, old_unit):
+    if new != family(old_meter, old_unit):
         return None, (f"M:{meter} L:{unit} is not M:{old_meter} L:{old_unit} at another note value "
                       "(numerator and units per bar differ)")
     read.scale = Fraction(1, int(UNIT.match(unit).group(1))) / Fraction(1, int(UNIT.match(old_unit).group(1)))
