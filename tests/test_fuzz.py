@@ -3,12 +3,12 @@ and sampling flags. Each input is a real one (a corpus tune, a shipped recipe) m
 result or a one-line UserError, never another exception, and for the checker a verdict in bounded time."""
 
 import json
-from collections import Counter
 import random
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from conftest import REPO
