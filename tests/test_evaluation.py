@@ -59,6 +59,27 @@ def test_bar_durations_allow_pickups_repeats_and_split_bars_but_not_broken_bars(
     assert analyse("M:3/8\nL:1/16\nK:G\nd4A2 | A4d2 | d6\nd4d2 | c6\n").valid
 
 
+@pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)")
+@pytest.mark.parametrize("meter", ["6/8", "9/8", "12/8", "3+3/8", "6/4", "3/4", "3/8", "2/4", "C", "5/8", "3+2/8"])
+def test_tuplets_of_five_seven_nine_last_what_abc2midi_says_in_every_meter(meter, tmp_path):
+    """(5 (7 (9 take the time of three where the written numerator is a multiple of 3, of two otherwise: the reader
+    agrees with abc2midi on which reading fills a bar, also where the bar length reduces (6/8 is as long as 3/4)."""
+    from fractions import Fraction
+
+    from finetune.abc.check import run_abc2midi
+    from finetune.abc.reader import bar_units, parse_meter
+    units = bar_units(parse_meter(meter), Fraction(1, 8))
+    for p, notes in ((5, "ABcde"), (7, "ABcdefg"), (9, "ABcdefgab")):
+        verdicts = {}
+        for q in (3, 2):
+            rest = f" z{units - q}" if units > q else ""
+            tune = f"M:{meter}\nL:1/8\nK:D\nz{units}|({p}{notes}{rest}|z{units}|\n"
+            out = run_abc2midi(f"X:1\n{tune}", tmp_path, "-c")  # its bar warnings, which the checker leaves to the reader
+            verdicts[q] = (analyse(tune).bars_off == 0, "time units" not in out.stdout + out.stderr)
+        assert verdicts[3][0] == verdicts[3][1] and verdicts[2][0] == verdicts[2][1], (meter, p, verdicts)
+        assert verdicts[3][0] != verdicts[2][0], (meter, p, verdicts)  # one reading fills the bar, the other not
+
+
 def shuffled_body(tune: str, rng: random.Random) -> str:
     """The tune with its header kept and every character of its body in random order."""
     cut = header_length(tune)
