@@ -10,13 +10,15 @@ import shutil
 import string
 import subprocess
 import sys
+from fractions import Fraction
 
 import evaluate
 import pytest
 from conftest import REPO, TINY_RECIPE, run_finetune
 
 from finetune.abc import header_length
-from finetune.abc.check import analyse, check_tunes
+from finetune.abc.check import analyse, check_tunes, run_abc2midi
+from finetune.abc.reader import bar_units, parse_meter
 
 CHECKERS = ["python", pytest.param("abc2midi", marks=pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)"))]
 
@@ -64,10 +66,6 @@ def test_bar_durations_allow_pickups_repeats_and_split_bars_but_not_broken_bars(
 def test_tuplets_of_five_seven_nine_last_what_abc2midi_says_in_every_meter(meter, tmp_path):
     """(5 (7 (9 take the time of three where the written numerator is a multiple of 3, of two otherwise: the reader
     agrees with abc2midi on which reading fills a bar, also where the bar length reduces (6/8 is as long as 3/4)."""
-    from fractions import Fraction
-
-    from finetune.abc.check import run_abc2midi
-    from finetune.abc.reader import bar_units, parse_meter
     units = bar_units(parse_meter(meter), Fraction(1, 8))
     for p, notes in ((5, "ABcde"), (7, "ABcdefg"), (9, "ABcdefgab")):
         verdicts = {}
