@@ -15,6 +15,7 @@ EXPECTED = [
     "data prepare+tokenize+pack, warm vs cold", "eval tokens/s vs train tokens/s",
     "eval tokens/s, ours vs dense-mask packing", "generate 128 tokens, KV cache vs none",
     "sample tunes, constrained (--constrain metre) vs own", "sample tunes, constrained vs own: generate steps/s",
+    "sample tunes, own: generate steps/s, loop limit vs none",
     "validation bits per character after training",
 ]
 

@@ -276,9 +276,10 @@ def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, t
     [
         ([], "has no checkpoints and no final model yet"),
         (["--top_p", "0"], "top_p must be in (0, 1]"),
+        (["--max_repeats", "1"], "max_repeats must be 0 (off) or at least 2, not 1"),
         (["--checkpoints_dir", "x"], "command line: unrecognized arguments"),
     ],
-    ids=["no-checkpoints", "bad-sampling", "unknown-flag"],
+    ids=["no-checkpoints", "bad-sampling", "bad-loop-limit", "unknown-flag"],
 )
 def test_bad_evaluation_input_gets_one_line(tmp_path, args, message):
     run = tmp_path / "run"
