@@ -145,14 +145,14 @@ def generate_tunes(
             batch = members[start : start + args.batch_size]
             input_ids = torch.tensor([encoded[i] for i in batch], device=model.device)
             processors = LogitsProcessorList()
+            if args.max_repeats:  # first: the metre's mask then chooses among the tokens that leave the loop
+                processors.append(LoopLimitLogitsProcessor(args.max_repeats))
             if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
                 # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
                 keep = args.top_k if args.top_k else 64
                 processors.append(MetreLogitsProcessor(
                     tokenizer, max_new_tokens=budget, keep=keep, temperature=args.temperature, top_p=args.top_p
                 ))
-            if args.max_repeats:  # after the metre's mask: it only takes a token away where another is left
-                processors.append(LoopLimitLogitsProcessor(args.max_repeats))
             output = model.generate(
                 input_ids=input_ids,
                 logits_processor=processors,

@@ -8,6 +8,8 @@ import torch
 from conftest import TINY_RECIPE
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
+from finetune.abc.check import analyse
+from finetune.abc.constrain import MetreLogitsProcessor
 from finetune.sampling import LOOP_MAX_TOKENS, LOOP_MIN_TOKENS, LoopLimitLogitsProcessor
 from finetune.tokenizer import build_abc_tokenizer
 
@@ -56,26 +58,47 @@ class Echo(LogitsProcessor):
         return scores.scatter_add(1, input_ids[:, -self.period, None], torch.full_like(scores[:, :1], 50.0))
 
 
-def test_a_model_caught_in_a_loop_is_cut_out_of_it():
+HEADER = "M:6/8\nL:1/8\nK:D\n"
+
+
+def written(body: str, *processors, new_tokens: int = 120) -> list[str]:
+    """Greedy generation by a fresh tiny model through `processors`, prompted with HEADER + `body`: two rows, each
+    the body and what follows."""
     recipe = json.loads(TINY_RECIPE.read_text())["model_config"]
     config = AutoConfig.for_model("llama", vocab_size=len(TOKENIZER), bos_token_id=TOKENIZER.bos_token_id,
                                   eos_token_id=TOKENIZER.eos_token_id, pad_token_id=TOKENIZER.pad_token_id, **recipe)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
-    prompt = torch.tensor([TOKENIZER("M:6/8\nL:1/8\nK:D\nA|d2d dcd|")["input_ids"]] * 2)
+    ids = torch.tensor([TOKENIZER(HEADER + body)["input_ids"]] * 2)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                         logits_processor=LogitsProcessorList(processors), pad_token_id=TOKENIZER.pad_token_id)
+    return [body + TOKENIZER.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
 
-    def written(*processors):
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=120,
-                             logits_processor=LogitsProcessorList(processors), pad_token_id=TOKENIZER.pad_token_id)
-        return [row[prompt.shape[1] - 10:].tolist() for row in out]  # from the prompt's last bar on
 
-    assert all(most_copies(row) > 12 for row in written(Echo(10)))  # the loop, unbroken
-    for row in written(Echo(10), LoopLimitLogitsProcessor(max_repeats=3)):
-        assert 2.9 < most_copies(row) <= 3  # three copies, then it must write something else, and again
+def copies(text: str) -> float:
+    return most_copies(TOKENIZER(text)["input_ids"][1:])
+
+
+def test_a_model_caught_in_a_loop_is_cut_out_of_it():
+    assert all(copies(row) > 12 for row in written("A|d2d dcd|", Echo(10)))  # the loop, unbroken
+    for row in written("A|d2d dcd|", Echo(10), LoopLimitLogitsProcessor(max_repeats=3)):
+        assert 2.9 < copies(row) <= 3  # three copies, then it must write something else, and again
+
+
+def test_under_the_metre_the_loop_is_cut_too_and_the_bars_stay_whole():
+    """sample.py's order: the loop limit, then the metre, which chooses among the tokens left. Keeping one token
+    (as top-p does where the model is sure), the metre would otherwise hand the limit the loop's token alone."""
+    def metre():
+        return MetreLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=1)
+
+    assert all(copies(row) >= 10 for row in written("d2d dcd|", Echo(8), metre()))  # a loop on the metre, then the end
+    for row in written("d2d dcd|", Echo(8), LoopLimitLogitsProcessor(max_repeats=3), metre()):
+        report = analyse(HEADER + row)
+        assert 2.9 < copies(row) <= 3 and report.bars_off == 0, row
 
 
 def test_the_only_token_a_row_has_left_is_never_taken():
-    """After another processor's mask (the metre's), the loop's next token may be the one allowed: it stays."""
+    """After the mask of a processor before it, the loop's next token may be the one allowed: it stays."""
     block = TOKENIZER("d2d dcd|A|")["input_ids"][1:]
     ids = torch.tensor([block * 3] * 2)
     scores = torch.zeros(2, len(TOKENIZER))

@@ -29,6 +29,7 @@ token as soon as it is allowed, else a slur closed, a half-written token finishe
 short, as the last bar), with plain notes, rests and bar lines only. It works for any tokenizer: each token's text is decoded once; tokens
 that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary keeps
 the metre, the row keeps only the syntax for that step (its bar will be off), counted in `self.unconstrained_steps`.
+A token that a processor before it has masked (-inf; sample.py puts the loop limit there) is refused too.
 """
 
 from __future__ import annotations
@@ -236,13 +237,15 @@ class MetreLogitsProcessor(LogitsProcessor):
         left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
         mask = torch.full_like(scores, float("-inf"))
         ranked = scores.argsort(dim=-1, descending=True)
-        order = ranked.tolist()
+        # tokens an earlier processor masked (the loop limit) rank last: they stay refused, and are never tried
+        unmasked = (~scores.isneginf()).sum(-1).tolist()
+        order = [ids[:n] for ids, n in zip(ranked.tolist(), unmasked)]
         weights = (scores / self.temperature).softmax(-1).gather(-1, ranked).tolist() if self.top_p < 1 else None
         for row, state in enumerate(self.rows):
             if state.done:
                 mask[row] = 0
                 continue
-            row_weights = weights[row] if weights else None
+            row_weights = weights[row][: unmasked[row]] if weights else None
             allowed = self._allowed(state, order[row], row_weights, ending=left <= ENDING_MARGIN)
             if not allowed and left <= ENDING_MARGIN:  # no way to the end from here: keep the metre at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)
