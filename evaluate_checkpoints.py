@@ -7,9 +7,11 @@ Writes RUN_DIR/eval/: metrics.json, metrics.csv, metrics.md (also printed), metr
 of every checkpoint and the final model as .abc/.mid files with samples.jsonl. Each checkpoint is sampled
 twice from the same prompts and seed, and each set is scored:
 
-- `own`: the model's own tunes (samples/step-N/), what it learnt;
-- `constrained`: the same sampling through MetreLogitsProcessor (finetune/abc/constrain.py), which masks
-  tokens that would break ABC syntax or the metre (samples/step-N-constrained/); `--constrain none` skips it.
+- `own`: the model's own tunes (samples/step-N/), what it learnt: nothing masked;
+- `constrained`: the same sampling through sample.py's masks (samples/step-N-constrained/): the loop limit
+  (`--max_repeats`, LoopLimitLogitsProcessor in finetune/sampling.py) and MetreLogitsProcessor
+  (finetune/abc/constrain.py), which masks tokens that would break ABC syntax or the metre; `--constrain none`
+  skips this kind.
 
 metrics.json holds one row per checkpoint and kind (`"tunes": "own"` or `"constrained"`; the token metrics,
 loss to accuracy, are the checkpoint's and the same in both). The `reference` row (`"tunes": "real"`) scores
@@ -242,7 +244,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(exist_ok=True)
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
     write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
-    kinds = {"own": replace(sample_args, constrain="none")}
+    kinds = {"own": replace(sample_args, constrain="none", max_repeats=0)}  # nothing masked: what the model learnt
     if sample_args.constrain == "metre":
         kinds["constrained"] = sample_args
 

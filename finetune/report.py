@@ -23,8 +23,9 @@ from .metrics import COLUMNS, format_cell
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.
 TUNE_KINDS = {
-    "own": "the model's own tunes: plain sampling",
-    "constrained": "constrained sampling: MetreLogitsProcessor masks tokens that would break ABC syntax or the metre",
+    "own": "the model's own tunes: plain sampling, nothing masked",
+    "constrained": "constrained sampling: MetreLogitsProcessor masks tokens that would break ABC syntax or the metre, "
+                   "and LoopLimitLogitsProcessor a block of tokens repeated more than max_repeats times running",
 }
 
 

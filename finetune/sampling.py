@@ -59,7 +59,8 @@ class SampleArguments:
     )
     constrain: Literal["metre", "none"] = field(
         default="metre",
-        metadata={"help": "metre: mask tokens that would break ABC syntax or the metre (finetune/abc/constrain.py); none: the model's own tunes."},
+        metadata={"help": "metre: mask tokens that would break ABC syntax or the metre (finetune/abc/constrain.py); none: no such mask "
+                  "(with --max_repeats 0 too: the model's own tunes, nothing masked)."},
     )
 
     def __post_init__(self):
