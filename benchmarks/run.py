@@ -352,9 +352,10 @@ def data_at_scale(recipe: str, sizes: list[int]) -> None:
 
 
 def sampling_speed(model, tokenizer, constrain: str, max_repeats: int = 3) -> tuple[float, float]:
-    """sample.py's generation (its sampling defaults), with or without the constraint or the loop limit: the tunes' new tokens a
-    second, and generate's steps a second. A batch runs until its longest tune ends, so where tunes end early
-    the first counts fewer tokens for the same steps; the second is the cost of a step, whatever the lengths."""
+    """sample.py's generation (its sampling defaults), with or without the constraint or the loop limit: the
+    tunes' new tokens a second, and generate's steps a second. A batch runs until its longest tune ends, so where
+    tunes end early the first counts fewer tokens for the same steps; the second is the cost of a step, whatever
+    the lengths."""
     prompts = ["M:6/8\nL:1/8\nK:D\n", "M:4/4\nL:1/8\nK:G\n", "M:3/4\nL:1/8\nK:Ador\n", "M:2/4\nL:1/16\nK:C\n"] * 2
     args = SampleArguments(max_new_tokens=256, constrain=constrain, max_repeats=max_repeats, seed=0)
     start = time.perf_counter()

@@ -54,8 +54,9 @@ class SampleArguments:
     batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (prompts of one length share a batch)."})
     max_repeats: int = field(
         default=3,
-        metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, so that a "
-                  "loop is cut (LoopLimitLogitsProcessor; 1.1% of the training tunes repeat one more than 3 times); 0 turns it off."},
+        metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
+                  "so that a loop is cut (LoopLimitLogitsProcessor; 1.1% of the training tunes repeat one more than "
+                  "3 times); 0 turns it off."},
     )
     constrain: Literal["metre", "none"] = field(
         default="metre",
