@@ -55,7 +55,7 @@ class SampleArguments:
     max_repeats: int = field(
         default=3,
         metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
-                  "so that a loop is cut (LoopLimitLogitsProcessor; 1.1% of the training tunes repeat one more than "
+                  "so that a loop is cut (LoopLimitLogitsProcessor; 1 in 90 training tunes repeats one more than "
                   "3 times); 0 turns it off."},
     )
     constrain: Literal["metre", "none"] = field(
