@@ -192,20 +192,20 @@ class LoopLimitLogitsProcessor(LogitsProcessor):
 
     def __init__(self, max_repeats: int = 3):
         self.max_repeats = max_repeats
-        self.periods = torch.arange(1, LOOP_MAX_TOKENS + 1)
+        self.periods = torch.arange(LOOP_MIN_TOKENS, LOOP_MAX_TOKENS + 1)  # the block lengths watched
         self.runs: torch.Tensor | None = None  # [rows, periods]
         self.read = 0  # tokens of input_ids read into self.runs
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.runs is None:
             self.periods = self.periods.to(input_ids.device)
-            self.runs = torch.zeros(input_ids.shape[0], LOOP_MAX_TOKENS, dtype=torch.long, device=input_ids.device)
+            self.runs = torch.zeros(input_ids.shape[0], len(self.periods), dtype=torch.long, device=input_ids.device)
         for position in range(self.read, input_ids.shape[1]):  # the prompt on the first call, then one token
             before = position - self.periods
             same = (input_ids[:, before.clamp(min=0)] == input_ids[:, position, None]) & (before >= 0)
             self.runs = torch.where(same, self.runs + 1, 0)
         self.read = input_ids.shape[1]
-        looping = (self.runs >= (self.max_repeats - 1) * self.periods) & (self.periods >= LOOP_MIN_TOKENS)
+        looping = self.runs >= (self.max_repeats - 1) * self.periods
         if not looping.any():
             return scores
         rows, blocks = looping.nonzero(as_tuple=True)
