@@ -1,5 +1,6 @@
 """Shared fixtures. Nothing here reaches a hub: tests build tiny models from configs on disk."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest.ini runs the tests in one worker per core (pytest-xdist): each worker, and each run it starts, then
+    # computes on one thread, so that two workers' torch thread pools do not fight over the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -26,14 +31,16 @@ def corpus():
     return {split: tunes[split]["text"] for split in tunes}
 
 
-def run_cli(argv, capsys):
-    """run_finetune.cli() in this process: (exit code, stdout, stderr)."""
-    import run_finetune
-
+def run_cli(argv, capsys, script="run_finetune"):
+    """`python SCRIPT.py ARGV` in this process, through the script's own cli(): (exit code, stdout, stderr).
+    It spares a test the ~10 s a new process takes to import torch, transformers and datasets."""
+    entry = importlib.import_module(script)
     old = sys.argv
-    sys.argv = ["run_finetune.py", *map(str, argv)]
+    sys.argv = [f"{script}.py", *map(str, argv)]
     try:
-        code = run_finetune.cli()
+        code = entry.cli()
+    except SystemExit as e:  # argparse's --help
+        code = e.code
     finally:
         sys.argv = old
     out = capsys.readouterr()

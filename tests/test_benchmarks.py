@@ -1,11 +1,18 @@
-"""The benchmark harness runs end to end on a tiny model and writes every figure with its baseline."""
+"""The benchmark harness runs end to end on a tiny model and writes every figure with its baseline.
+
+Slow (2.5 minutes on a 2-core CPU): they test the benchmark tools, not what a run does, so `pytest -m slow` runs
+them (CI does), and the default suite leaves them out.
+"""
 
 import json
 import math
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, TINY_RECIPE
+
+pytestmark = pytest.mark.slow
 
 EXPECTED = [
     "peak matmul fp32", "peak matmul bf16", "tiny: train tokens/s, ours vs run_clm",

@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import evaluate
 import pytest
-from conftest import REPO, TINY_RECIPE, run_finetune
+from conftest import REPO, TINY_RECIPE, run_cli, run_finetune
 
 from finetune.abc import header_length
 from finetune.abc.check import analyse, check_tunes, run_abc2midi
@@ -182,6 +182,11 @@ def evaluate_run(*args):
     )
 
 
+def evaluate_here(capsys, *args):
+    """evaluate_checkpoints.py ARGS in this process: (exit code, stdout, stderr)."""
+    return run_cli(args, capsys, "evaluate_checkpoints")
+
+
 @pytest.fixture(scope="module")
 def evaluation(run_dir):
     """evaluate_checkpoints.py over the run, with the HTML report: (the finished process, RUN_DIR/eval)."""
@@ -281,19 +286,19 @@ def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, t
     ],
     ids=["no-checkpoints", "bad-sampling", "bad-loop-limit", "unknown-flag"],
 )
-def test_bad_evaluation_input_gets_one_line(tmp_path, args, message):
+def test_bad_evaluation_input_gets_one_line(tmp_path, capsys, args, message):
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.json").write_text(json.dumps({"dataset_name_or_path": "music21"}))
-    result = evaluate_run(run, *args)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    code, _, stderr = evaluate_here(capsys, run, *args)
+    assert code == 2 and message in stderr, stderr[-2000:]
+    assert len(stderr.strip().splitlines()) == 1
     assert not (run / "eval").exists()
 
 
-def test_a_folder_that_is_not_a_run_and_an_empty_split_are_refused(run_dir, tmp_path):
-    result = evaluate_run(tmp_path)
-    assert result.returncode == 2 and "is not a run directory" in result.stderr
+def test_a_folder_that_is_not_a_run_and_an_empty_split_are_refused(run_dir, tmp_path, capsys):
+    code, _, stderr = evaluate_here(capsys, tmp_path)
+    assert code == 2 and "is not a run directory" in stderr
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "optimizer.pt"))
     data = tmp_path / "tunes"
@@ -303,18 +308,18 @@ def test_a_folder_that_is_not_a_run_and_an_empty_split_are_refused(run_dir, tmp_
         (data / f"{split}.jsonl").write_text(json.dumps({"text": tune}) + "\n")
     recipe = json.loads((copy / "recipe.json").read_text())
     (copy / "recipe.json").write_text(json.dumps({**recipe, "dataset_name_or_path": str(data), "max_train_samples": None}))
-    result = evaluate_run(copy, "--split", "test")
-    assert result.returncode == 2 and "has no test tunes" in result.stderr, result.stderr[-2000:]
+    code, _, stderr = evaluate_here(capsys, copy, "--split", "test")
+    assert code == 2 and "has no test tunes" in stderr, stderr[-2000:]
     assert not (copy / "eval").exists()
 
 
-def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path):
+def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "optimizer.pt"))
     (copy / "checkpoint-6" / "tokenizer.json").unlink()
     (copy / "checkpoint-6" / "tokenizer_config.json").unlink()
-    result = evaluate_run(copy)
-    assert result.returncode == 2 and "checkpoint-6 has no tokenizer" in result.stderr
+    code, _, stderr = evaluate_here(capsys, copy)
+    assert code == 2 and "checkpoint-6 has no tokenizer" in stderr
     assert not (copy / "eval").exists()  # refused before anything was written
 
 
@@ -339,13 +344,13 @@ def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
     assert not (tmp_path / "a.mid").exists()  # the earlier file is gone, not passed off as this one's
 
 
-def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_path):
+def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval"))
-    result = evaluate_run(copy, "--steps", "7")
-    assert result.returncode == 2 and "no checkpoint at step 7; the steps there are [3, 6, 9]" in result.stderr
+    code, _, stderr = evaluate_here(capsys, copy, "--steps", "7")
+    assert code == 2 and "no checkpoint at step 7; the steps there are [3, 6, 9]" in stderr
     assert not (copy / "eval").exists()
-    result = evaluate_run(copy, "--steps", "6", "--num_samples", 2, "--max_new_tokens", 16, "--constrain", "none")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, stderr = evaluate_here(capsys, copy, "--steps", "6", "--num_samples", 2, "--max_new_tokens", 16, "--constrain", "none")
+    assert code == 0, stderr[-2000:]
     rows = json.loads((copy / "eval" / "metrics.json").read_text())["rows"]
     assert [(row["step"], row["tunes"]) for row in rows] == [(6, "own")]

@@ -2,13 +2,11 @@
 times, touches real tunes as seldom as a second, independent count says, and never leaves a row nothing to sample."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from finetune.abc.check import analyse
@@ -111,8 +109,8 @@ def test_the_only_token_a_row_has_left_is_never_taken():
     assert out[0, block[0]] == 0 and torch.isinf(out[1, block[0]]) and torch.isfinite(out[1]).sum() == len(TOKENIZER) - 1
 
 
-@pytest.mark.parametrize("script", ["sample.py", "evaluate_checkpoints.py"])  # the two that read SampleArguments
-def test_every_command_prints_its_help(script):
+@pytest.mark.parametrize("script", ["sample", "evaluate_checkpoints"])  # the two that read SampleArguments
+def test_every_command_prints_its_help(script, capsys):
     """argparse formats each help text with %: a bare % in one (`1.1% of`) made --help raise."""
-    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-1000:]
+    code, stdout, stderr = run_cli(["--help"], capsys, script)
+    assert code == 0 and "usage" in stdout.lower() and "--max_repeats" in stdout, stderr[-1000:]
