@@ -76,7 +76,9 @@ def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> d
     """Write the music21 ABC corpus as cleaned, deduplicated, hash-split JSONL files; return the counts.
 
     The files appear all at once (written to a temporary folder, then renamed), so an interrupted prepare
-    leaves nothing half-written behind and the next run starts it again.
+    leaves nothing half-written behind and the next run starts it again. Two runs that prepare at once (two
+    jobs on a fresh checkout, or two test workers) both succeed: the later rename finds the earlier one's
+    folder, the same files from the same corpus, and keeps it.
     """
     root = music21_corpus_root()
     files = sorted(root.rglob("*.abc"))
@@ -110,7 +112,11 @@ def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> d
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the corpus is not
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # ENOTEMPTY: a complete folder is there, since folders only appear by this rename
+            if not (out_dir / "stats.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats

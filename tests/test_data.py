@@ -247,3 +247,24 @@ def test_train_tunes_metre_keeps_only_training_tunes_on_the_metre(corpus, tmp_pa
     streamed_args = DataArguments(max_train_samples=300, max_eval_samples=50, train_tunes="metre", streaming=True)
     streamed = clean_streams(load_raw_splits(streamed_args), streamed_args)
     assert [row["text"] for row in streamed["train"]] == on_metre[:300]
+
+
+def test_a_corpus_another_run_prepared_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Two runs preparing the corpus at once: the later one's rename finds the earlier one's folder there (two
+    test workers on a fresh clone hit this). It keeps those files, leaves no temporary folder, and returns."""
+    import shutil
+
+    from finetune import data
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for path in sorted(data.music21_corpus_root().rglob("*.abc"))[:3]:  # real tune books, few of them
+        shutil.copy(path, root / path.name)
+    monkeypatch.setattr(data, "music21_corpus_root", lambda: root)
+    out = tmp_path / "prepared"
+    first = data.prepare_music21(out)
+    files = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sum(first["tunes_kept"].values()) > 10 and set(files) == {"train.jsonl", "validation.jsonl", "test.jsonl", "stats.json"}
+    assert data.prepare_music21(out) == first  # the earlier run finished first: its folder is there
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == files
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "prepared"]  # no temporary folder left
