@@ -75,6 +75,15 @@ def test_the_tune_ends_with_nothing_open_and_its_last_bar_as_the_checker_reads_i
     assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d3 :|d")  # the other half of a bar split at `:|`, short
 
 
+def test_a_note_is_not_shortened_past_what_can_still_close_the_bar():
+    """Found in a sampled tune: after `ABGBG||` the next bar owes 1 unit, and `(3FE//E//` pays it exactly. `E///`
+    left 1/12 that no written note can pay: the room test counted on shortening it to `E////`, a length the policy
+    itself refuses, so the bar had no way to close on the metre and the processor let it run off."""
+    owing = "M:3/4\nL:1/8\nK:A\nD2|ABGBG||(3FE//E//"
+    assert "/" not in allowed_after(owing) and "|" in allowed_after(owing)
+    assert "/" in allowed_after("M:3/4\nL:1/8\nK:A\nD2|ABGBG||(3F/E/E")  # `E/` pays it: (1/2 + 1/2 + 1/2) x 2/3
+
+
 def test_what_abc2midi_refuses_is_not_written():
     """ABC allows these; abc2midi does not read them (each checked against abc2midi when the rules were made)."""
     decorated = allowed_after(HEADER + "A|d2d ~")

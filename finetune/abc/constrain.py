@@ -460,6 +460,8 @@ class MetreLogitsProcessor(LogitsProcessor):
         grows = shrinkable and reader.tuplet_left and not any(complete.group(group) for group in LENGTH_GROUPS)
         lengths = SHRINK + GROW if grows else SHRINK
         for suffix in lengths if shrinkable else ("",):
+            if suffix and not _written_as_tunes_write(reader.pending + suffix):
+                continue  # a length no tune writes (`E////`) is one the policy will refuse: no way out of the bar
             probe = reader.copy().feed(suffix)
             probe.flush()
             closings = [""] if probe.chord is None else ["]" + s for s in lengths]
