@@ -114,15 +114,33 @@ def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.Datas
     return datasets.DatasetDict({split: tunes[split]}), tunes["train"]["text"]
 
 
-def evaluation_args(batch_size: int, out_dir: str) -> TrainingArguments:
-    """Evaluation only; bf16 where the GPU has it, full precision on the CPU (where bf16 is emulated)."""
-    return TrainingArguments(
-        output_dir=out_dir,
-        per_device_eval_batch_size=batch_size,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+def token_numbers(model, rows: datasets.Dataset, batch_size: int, token_metrics: TokenMetrics, scratch: str,
+                  bf16: bool | None = None) -> dict:
+    """Loss, bits per character and accuracy over packed held-out rows (`Trainer.evaluate`, each tune attending to
+    itself); bf16 where the GPU has it, full precision on the CPU (where bf16 is emulated).
+
+    The model comes back as it came: accelerate wraps a mixed-precision model's `forward` in autocast, and left
+    there the wrapper would sample the tunes in bf16 on a GPU, unlike sample.py (the checkpoint's own precision).
+    """
+    on_gpu = torch.cuda.is_available()
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            use_cpu=not on_gpu,
+            bf16=on_gpu and torch.cuda.is_bf16_supported() if bf16 is None else bf16,
+        ),
+        data_collator=default_data_collator,
+        compute_metrics=token_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )
+    model.set_attn_implementation(PACKED_SDPA)  # packed held-out rows: each tune attends to itself
+    numbers = trainer.evaluate(eval_dataset=rows)
+    trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # restores the model's own forward
+    model.set_attn_implementation("sdpa")  # generation: stock SDPA, with its KV cache and padding mask
+    return numbers
 
 
 class Scorer:
@@ -259,16 +277,7 @@ def main(argv: list[str]) -> int:
                 packed, _ = tokenize_and_pack(held_out, tokenizer, block_size, data_args, splits=(command.split,))
                 token_metrics = TokenMetrics(tokenizer)
             batch_size = command.per_device_eval_batch_size or resolved.get("per_device_eval_batch_size", 8)
-            trainer = Trainer(
-                model=model,
-                args=evaluation_args(batch_size, scratch),
-                data_collator=default_data_collator,
-                compute_metrics=token_metrics,
-                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            )
-            model.set_attn_implementation(PACKED_SDPA)  # packed held-out rows: each tune attends to itself
-            numbers = trainer.evaluate(eval_dataset=packed[command.split])
-            model.set_attn_implementation("sdpa")  # generation: stock SDPA, with its KV cache and padding mask
+            numbers = token_numbers(model, packed[command.split], batch_size, token_metrics, scratch)
             for kind, kind_args in kinds.items():
                 samples = generate_tunes(model, tokenizer, prompts, kind_args)
                 tunes = [s.text for s in samples]
@@ -288,7 +297,7 @@ def main(argv: list[str]) -> int:
                         "truncation": sum(not s.ended for s in samples) / len(samples),
                     }
                 )
-            del model, trainer
+            del model
 
     settings = {
         "run_dir": rest.run_dir,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, default_data_collator
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -32,6 +33,14 @@ PACKED_SDPA = "sdpa_packed"
 # at most 1 - 1/GROUP_RATIO^2 of its attention work, and each group is one kernel call (~7 a batch here).
 # Measured on the quick and music_abc rows: 1.5 as fast as 1.2 and 1.35 (within noise), faster than 2.
 GROUP_RATIO = 1.5
+
+# The SDPA kernels the groups run on: every one but cuDNN's. Since torch 2.9, SDPA tries cuDNN's attention first
+# for 16-bit inputs on Hopper (and sm100) GPUs, and cuDNN builds an execution plan for each new shape, while the
+# groups here take a new (tunes, longest) shape nearly every call. Measured on an H200 (torch 2.11, cu130) with
+# SDPA's own choice: bf16 trained 13x slower than fp32 (0.55 against 7.0 steps/s), and bf16 through `eager` as
+# fast as fp32 (6.8), so the time went in this path, about 10 ms per group call whatever its size. That cuDNN's
+# plans are that time is this change's premise, not yet measured on a GPU with it.
+SHAPE_PER_CALL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def tune_bounds(position_ids: torch.Tensor) -> torch.Tensor:
@@ -117,10 +126,11 @@ def sdpa_packed_attention(module, query, key, value, attention_mask, position_id
         for x in (query, key, value)
     ]
     outs = []
-    for (tunes, longest), *group in zip(shapes, *laid):
-        q, k, v = (x.view(tunes, longest, *x.shape[1:]).transpose(1, 2) for x in group)
-        tune_out, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)
-        outs.append(tune_out.reshape(tunes * longest, heads, dim))
+    with sdpa_kernel(SHAPE_PER_CALL_BACKENDS):  # the backward pass runs the kernel the forward chose
+        for (tunes, longest), *group in zip(shapes, *laid):
+            q, k, v = (x.view(tunes, longest, *x.shape[1:]).transpose(1, 2) for x in group)
+            tune_out, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)
+            outs.append(tune_out.reshape(tunes * longest, heads, dim))
     return torch.cat(outs).index_select(0, holder).view(batch, length, heads, dim), None
 
 

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import evaluate
 import pytest
+import torch
 from conftest import REPO, TINY_RECIPE, run_cli, run_finetune
 
 from finetune.abc import header_length
@@ -342,6 +343,28 @@ def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
     assert write_midi(tune, tmp_path / "a.mid") is None and (tmp_path / "a.mid").stat().st_size > 0
     assert write_midi("no tune at all", tmp_path / "a.mid").startswith("abc2midi wrote no MIDI")
     assert not (tmp_path / "a.mid").exists()  # the earlier file is gone, not passed off as this one's
+
+
+def test_tunes_are_sampled_in_the_checkpoints_precision_after_a_bf16_evaluation(run_dir, corpus, tmp_path):
+    """The bf16 token evaluation (what a GPU gets) leaves no autocast behind: afterwards the model's logits are
+    those of the checkpoint loaded fresh, bit for bit, so evaluate_checkpoints.py samples what sample.py samples."""
+    import datasets
+
+    from evaluate_checkpoints import token_numbers
+    from finetune.args import DataArguments
+    from finetune.metrics import TokenMetrics
+    from finetune.model import load_checkpoint
+    from finetune.packing import tokenize_and_pack
+
+    model, tokenizer = load_checkpoint(str(run_dir / "checkpoint-9"))
+    held_out = datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": corpus["validation"][:8]})})
+    packed, _ = tokenize_and_pack(held_out, tokenizer, 128, DataArguments(), splits=("validation",))
+    numbers = token_numbers(model, packed["validation"], 4, TokenMetrics(tokenizer), str(tmp_path), bf16=True)
+    assert 0 < numbers["eval_bits_per_char"] < 8
+    prompt = tokenizer("X:1\nM:6/8\nL:1/8\nK:D\n", return_tensors="pt")["input_ids"]
+    fresh, _ = load_checkpoint(str(run_dir / "checkpoint-9"))
+    with torch.no_grad():
+        assert torch.equal(model(prompt).logits, fresh(prompt).logits)
 
 
 def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_path, capsys):

@@ -194,6 +194,31 @@ def test_packed_attention_gives_every_tune_its_logits_and_gradients_alone(model_
     torch.testing.assert_close(mixed, model(input_ids=batch["input_ids"], use_cache=False).logits, atol=1e-5, rtol=1e-4)
 
 
+def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, tmp_path, monkeypatch):
+    """Every SDPA call of sdpa_packed runs with cuDNN's attention disabled (its plans are per shape, and the
+    groups change shape call to call: finetune/attention.py), and the setting ends with the call."""
+    import finetune.attention as attention
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa_attention_forward(*args, **kwargs)
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", recording)
+    tokenizer = build_abc_tokenizer(128)
+    batch = several_packed_rows(corpus, tokenizer)
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), **{**TINY["llama"], **POSITIONS_128["llama"]})
+    model = AutoModelForCausalLM.from_config(config)
+    model.set_attn_implementation(attention.PACKED_SDPA)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+    assert len(seen) > config.num_hidden_layers and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_the_collators_varlen_kwargs_are_transformers_own_for_the_rows_flattened(corpus):
     """What flash_attention_2 gets for several rows is what prepare_fa_kwargs_from_position_ids gives for the
     same rows as one flattened sequence (flash's varlen path flattens the batch the same way)."""
