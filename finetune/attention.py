@@ -38,8 +38,8 @@ GROUP_RATIO = 1.5
 # for 16-bit inputs on Hopper (and sm100) GPUs, and cuDNN builds an execution plan for each new shape, while the
 # groups here take a new (tunes, longest) shape nearly every call. Measured on an H200 (torch 2.11, cu130) with
 # SDPA's own choice: bf16 trained 13x slower than fp32 (0.55 against 7.0 steps/s), and bf16 through `eager` as
-# fast as fp32 (6.8), so the time went in this path, about 10 ms per group call whatever its size. That cuDNN's
-# plans are that time is this change's premise, not yet measured on a GPU with it.
+# fast as fp32 (6.8), so the time went in this path: 10 to 20 ms per group (forward and backward) at any batch
+# size. That cuDNN's plans are that time is this change's premise, not yet measured on a GPU with it.
 SHAPE_PER_CALL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
