@@ -47,6 +47,10 @@ class SampleArguments:
     temperature: float = field(default=1.2, metadata={"help": "Softmax temperature (TunesFormer, NotaGen: 1.2)."})
     top_k: int = field(default=8, metadata={"help": "Sample among the k likeliest tokens; 0 turns it off (TunesFormer: 8)."})
     top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling mass; 1.0 turns it off (TunesFormer: 0.8)."})
+    min_p: float = field(
+        default=0.0,
+        metadata={"help": "Drop tokens less likely than this share of the likeliest one (after top-k and top-p); 0 turns it off."},
+    )
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "Token budget per tune after the prompt; default: the rest of the model's context."}
     )
@@ -76,6 +80,8 @@ class SampleArguments:
             found.append(f"top_k must be 0 (off) or more, not {self.top_k}")
         if not 0 < self.top_p <= 1:
             found.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            found.append(f"min_p must be in [0, 1), not {self.min_p}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             found.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.max_repeats < 0 or self.max_repeats == 1:
@@ -163,6 +169,7 @@ def generate_tunes(
                 temperature=args.temperature,
                 top_k=args.top_k,
                 top_p=args.top_p,
+                min_p=args.min_p or None,
                 max_new_tokens=budget,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=pad_token_id(tokenizer),

@@ -281,7 +281,7 @@ def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, t
     "args, message",
     [
         ([], "has no checkpoints and no final model yet"),
-        (["--top_p", "0"], "top_p must be in (0, 1]"),
+        (["--top_p", "0", "--min_p", "1"], "top_p must be in (0, 1], not 0.0; min_p must be in [0, 1), not 1.0"),
         (["--max_repeats", "1"], "max_repeats must be 0 (off) or at least 2, not 1"),
         (["--checkpoints_dir", "x"], "command line: unrecognized arguments"),
     ],

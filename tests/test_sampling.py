@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, Logi
 
 from finetune.abc.check import analyse
 from finetune.abc.constrain import MetreLogitsProcessor
-from finetune.sampling import LOOP_MAX_TOKENS, LOOP_MIN_TOKENS, LoopLimitLogitsProcessor
+from finetune.sampling import LOOP_MAX_TOKENS, LOOP_MIN_TOKENS, LoopLimitLogitsProcessor, SampleArguments, generate_tunes
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)
@@ -62,14 +62,19 @@ class Echo(LogitsProcessor):
 HEADER = "M:6/8\nL:1/8\nK:D\n"
 
 
-def written(body: str, *processors, new_tokens: int = 120) -> list[str]:
-    """Greedy generation by a fresh tiny model through `processors`, prompted with HEADER + `body`: two rows, each
-    the body and what follows."""
+def fresh_model():
+    """The tiny recipe's model, untrained, the same every time."""
     recipe = json.loads(TINY_RECIPE.read_text())["model_config"]
     config = AutoConfig.for_model("llama", vocab_size=len(TOKENIZER), bos_token_id=TOKENIZER.bos_token_id,
                                   eos_token_id=TOKENIZER.eos_token_id, pad_token_id=TOKENIZER.pad_token_id, **recipe)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def written(body: str, *processors, new_tokens: int = 120) -> list[str]:
+    """Greedy generation by a fresh tiny model through `processors`, prompted with HEADER + `body`: two rows, each
+    the body and what follows."""
+    model = fresh_model()
     ids = torch.tensor([TOKENIZER(HEADER + body)["input_ids"]] * 2)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
                          logits_processor=LogitsProcessorList(processors), pad_token_id=TOKENIZER.pad_token_id)
@@ -107,6 +112,21 @@ def test_the_only_token_a_row_has_left_is_never_taken():
     scores[0, block[0]] = 0.0  # row 0 may only continue the loop
     out = LoopLimitLogitsProcessor(max_repeats=3)(ids, scores)
     assert out[0, block[0]] == 0 and torch.isinf(out[1, block[0]]) and torch.isfinite(out[1]).sum() == len(TOKENIZER) - 1
+
+
+def test_min_p_keeps_the_tokens_near_the_likeliest_one():
+    """min_p 0.999 leaves only the likeliest token (greedy decoding's tunes); 0 leaves sampling free."""
+    model = fresh_model()
+    with torch.no_grad():  # an untrained model's next-token odds are near uniform: spread them out
+        model.lm_head.weight.mul_(20)
+
+    def tunes(**settings):
+        args = SampleArguments(num_samples=3, max_new_tokens=8, max_repeats=0, constrain="none", temperature=1.0, **settings)
+        return [s.text for s in generate_tunes(model, TOKENIZER, [HEADER] * 3, args)]
+
+    greedy = tunes(top_k=1, top_p=1.0)
+    assert tunes(top_k=0, top_p=1.0, min_p=0.999) == greedy
+    assert tunes(top_k=0, top_p=1.0, min_p=0.0) != greedy
 
 
 @pytest.mark.parametrize("script", ["sample", "evaluate_checkpoints"])  # the two that read SampleArguments
