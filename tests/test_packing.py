@@ -194,9 +194,11 @@ def test_packed_attention_gives_every_tune_its_logits_and_gradients_alone(model_
     torch.testing.assert_close(mixed, model(input_ids=batch["input_ids"], use_cache=False).logits, atol=1e-5, rtol=1e-4)
 
 
-def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, tmp_path, monkeypatch):
+def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, monkeypatch):
     """Every SDPA call of sdpa_packed runs with cuDNN's attention disabled (its plans are per shape, and the
     groups change shape call to call: finetune/attention.py), and the setting ends with the call."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     import finetune.attention as attention
 
     seen = []
@@ -204,8 +206,6 @@ def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, tmp_path, mo
     def recording(*args, **kwargs):
         seen.append(torch.backends.cuda.cudnn_sdp_enabled())
         return sdpa_attention_forward(*args, **kwargs)
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     monkeypatch.setattr(attention, "sdpa_attention_forward", recording)
     tokenizer = build_abc_tokenizer(128)
