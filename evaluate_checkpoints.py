@@ -117,10 +117,11 @@ def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.Datas
 def token_numbers(model, rows: datasets.Dataset, batch_size: int, token_metrics: TokenMetrics, scratch: str,
                   bf16: bool | None = None) -> dict:
     """Loss, bits per character and accuracy over packed held-out rows (`Trainer.evaluate`, each tune attending to
-    itself); bf16 where the GPU has it, full precision on the CPU (where bf16 is emulated).
+    itself); bf16 where the GPU has it, full precision on the CPU (where bf16 is emulated); `bf16` overrides that.
 
-    The model comes back as it came: accelerate wraps a mixed-precision model's `forward` in autocast, and left
-    there the wrapper would sample the tunes in bf16 on a GPU, unlike sample.py (the checkpoint's own precision).
+    The model comes back ready to sample, on the evaluation's device, with stock SDPA and in its own precision:
+    accelerate wraps a mixed-precision model's `forward` in autocast, and left there the wrapper would sample the
+    tunes in bf16 on a GPU, unlike sample.py.
     """
     on_gpu = torch.cuda.is_available()
     trainer = Trainer(
