@@ -197,6 +197,7 @@ def test_packed_attention_gives_every_tune_its_logits_and_gradients_alone(model_
 def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, monkeypatch):
     """Every SDPA call of sdpa_packed runs with cuDNN's attention disabled (its plans are per shape, and the
     groups change shape call to call: finetune/attention.py), and the setting ends with the call."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     import finetune.attention as attention
@@ -213,10 +214,12 @@ def test_packed_attention_keeps_cudnn_out_of_its_sdpa_calls(corpus, monkeypatch)
     config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), **{**TINY["llama"], **POSITIONS_128["llama"]})
     model = AutoModelForCausalLM.from_config(config)
     model.set_attn_implementation(attention.PACKED_SDPA)
-    assert torch.backends.cuda.cudnn_sdp_enabled()
-    model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
-    assert len(seen) > config.num_hidden_layers and not any(seen)
-    assert torch.backends.cuda.cudnn_sdp_enabled()
+    every = [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(every):  # cuDNN on around the call, whatever this torch build's default
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+        assert len(seen) > config.num_hidden_layers and not any(seen)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_the_collators_varlen_kwargs_are_transformers_own_for_the_rows_flattened(corpus):
