@@ -36,6 +36,9 @@ ABC_SUFFIXES = (".abc", ".txt")
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Worker processes cost ~1 s to start: below this many tunes one process is faster (the bundled corpus: 13k).
 PARALLEL_FROM_TUNES = 50_000
+# Moving a tune by one shift costs about 7 times tokenizing it (measured on one core of the AVX2 host), so each
+# shift counts as 7 tunes of work: in one process, the bundled training tunes moved 4 ways took 70 s on a GPU host.
+TRANSPOSE_WEIGHT = 7
 
 
 def content_key(text: str) -> int:
@@ -54,11 +57,13 @@ def split_of(text: str, held_out_percent: int) -> str:
     return str(splits_of_keys(np.array([content_key(text)]), held_out_percent)[0])
 
 
-def worker_count(data_args: DataArguments, tunes: int) -> int | None:
-    """`preprocessing_num_workers`, or when unset, every core for a large corpus and one process for a small one."""
+def worker_count(data_args: DataArguments, tunes: int, weight: int = 1) -> int | None:
+    """`preprocessing_num_workers`, or when unset, every core for a large job and one process for a small one.
+
+    A job is `tunes` times `weight`, the cost of one tune's work in tokenizations of a tune."""
     if data_args.preprocessing_num_workers is not None:
         return data_args.preprocessing_num_workers
-    return len(os.sched_getaffinity(0)) if tunes >= PARALLEL_FROM_TUNES else None
+    return len(os.sched_getaffinity(0)) if tunes * weight >= PARALLEL_FROM_TUNES else None
 
 
 def numeric_columns(ds: datasets.Dataset, names: list[str]) -> dict[str, np.ndarray]:
@@ -317,7 +322,7 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
             with_transposed_copies,
             batched=True,
             fn_kwargs={"shifts": data_args.transpose_train},
-            num_proc=worker_count(data_args, len(cleaned["train"])),
+            num_proc=worker_count(data_args, len(cleaned["train"]), TRANSPOSE_WEIGHT * len(data_args.transpose_train)),
             desc="transpose train",
         )
     return datasets.DatasetDict(cleaned), dict(skipped)

@@ -228,6 +228,19 @@ def test_transposed_copies_join_the_training_split_only(tmp_path, monkeypatch):
     assert [row["text"] for row in streamed["train"]] == originals + copies
 
 
+def test_transposing_the_bundled_tunes_uses_every_core_where_tokenizing_them_does_not(corpus):
+    """Moving a tune costs ~7 tokenizations per shift: the bundled training tunes moved 4 ways are worth worker
+    processes (70 s in one on a GPU host), tokenizing them alone is not; preprocessing_num_workers overrides both."""
+    import os
+
+    from finetune.data import TRANSPOSE_WEIGHT, worker_count
+
+    tunes = len(corpus["train"])
+    assert worker_count(DataArguments(), tunes) is None
+    assert worker_count(DataArguments(), tunes, TRANSPOSE_WEIGHT * 4) == len(os.sched_getaffinity(0))
+    assert worker_count(DataArguments(preprocessing_num_workers=1), tunes, TRANSPOSE_WEIGHT * 4) == 1
+
+
 def test_train_tunes_metre_keeps_only_training_tunes_on_the_metre(corpus, tmp_path, monkeypatch):
     """train_tunes 'metre' drops every training tune with a bar off the metre (the checker's verdicts), counts
     them as skipped, and leaves validation as it was; prepared and streamed training tunes are the same."""
