@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    set_seed,
+)
+from transformers.utils import logging as transformers_logging
 
 from .abc import header_length
 from .abc.check import run_abc2midi
@@ -55,7 +64,7 @@ class SampleArguments:
         default=None, metadata={"help": "Token budget per tune after the prompt; default: the rest of the model's context."}
     )
     seed: int = field(default=3407, metadata={"help": "Seed for sampling; the same seed gives the same tunes."})
-    batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (prompts of one length share a batch)."})
+    batch_size: int = field(default=32, metadata={"help": "Tunes generated at once (shortest prompts first, padded on the left)."})
     max_repeats: int = field(
         default=3,
         metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
@@ -135,54 +144,89 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 def generate_tunes(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], args: SampleArguments
 ) -> list[Sample]:
-    """One sample per prompt, in order. Prompts of one token length are batched together, so no padding is
-    needed; the KV cache is on (generate's default), and the seed makes the whole call repeatable."""
+    """One sample per prompt, in order, with the KV cache on (generate's default); the seed makes the whole call
+    repeatable. Prompts are batched shortest first and padded on the left, each row with its own budget: the
+    rest of the context after its prompt, or `max_new_tokens` (so a tune's length does not depend on which
+    prompts share its batch)."""
     set_seed(args.seed)
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
     context = context_length(model.config)
+    longest = max(map(len, encoded), default=0)
+    if context - longest < 1:
+        raise UserError(f"a prompt of {longest} tokens leaves no room in the model's context of {context}; shorten it")
+    pad = pad_token_id(tokenizer)
     results: list[Sample | None] = [None] * len(prompts)
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    for length in sorted(by_length):
-        budget = min(args.max_new_tokens or context, context - length)
-        if budget < 1:
-            raise UserError(f"a prompt of {length} tokens leaves no room in the model's context of {context}; shorten it")
-        members = by_length[length]
-        for start in range(0, len(members), args.batch_size):
-            batch = members[start : start + args.batch_size]
-            input_ids = torch.tensor([encoded[i] for i in batch], device=model.device)
-            processors = LogitsProcessorList()
-            if args.max_repeats:  # first: the metre's mask then chooses among the tokens that leave the loop
-                processors.append(LoopLimitLogitsProcessor(args.max_repeats))
-            if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
-                # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
-                keep = args.top_k if args.top_k else 64
-                processors.append(MetreLogitsProcessor(
-                    tokenizer, max_new_tokens=budget, keep=keep, temperature=args.temperature, top_p=args.top_p
-                ))
+    for batch in prompt_batches([len(ids) for ids in encoded], args.batch_size):
+        width = max(len(encoded[i]) for i in batch)
+        budgets = [min(args.max_new_tokens or context, context - len(encoded[i])) for i in batch]
+        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=model.device)
+        # from the lengths, not from the ids: a GPT-2 style tokenizer's pad is its `<s>` too
+        attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
+                                      device=model.device)
+        processors = LogitsProcessorList()
+        if args.max_repeats:  # first: the metre's mask then chooses among the tokens that leave the loop
+            processors.append(LoopLimitLogitsProcessor(args.max_repeats))
+        if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
+            # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
+            keep = args.top_k if args.top_k else 64
+            processors.append(MetreLogitsProcessor(
+                tokenizer, max_new_tokens=budgets, keep=keep, temperature=args.temperature, top_p=args.top_p
+            ))
+        with _padding_past_the_context_is_expected():
             output = model.generate(
                 input_ids=input_ids,
                 logits_processor=processors,
-                attention_mask=torch.ones_like(input_ids),
+                stopping_criteria=StoppingCriteriaList([RowBudgets(width, budgets)]),
+                attention_mask=attention_mask,
                 do_sample=True,
                 temperature=args.temperature,
                 top_k=args.top_k,
                 top_p=args.top_p,
                 min_p=args.min_p or None,
-                max_new_tokens=budget,
+                max_new_tokens=max(budgets),
                 eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=pad_token_id(tokenizer),
+                pad_token_id=pad,
                 use_cache=True,
             )
-            for row, i in enumerate(batch):
-                new = output[row, length:].tolist()
-                ended = tokenizer.eos_token_id in new
-                if ended:
-                    new = new[: new.index(tokenizer.eos_token_id)]
-                text = prompts[i] + tokenizer.decode(new, skip_special_tokens=True)
-                results[i] = Sample(prompt=prompts[i], text=text, ended=ended, new_tokens=len(new))
+        for row, i in enumerate(batch):
+            new = output[row, width : width + budgets[row]].tolist()
+            ended = tokenizer.eos_token_id in new
+            if ended:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            text = prompts[i] + tokenizer.decode(new, skip_special_tokens=True)
+            results[i] = Sample(prompt=prompts[i], text=text, ended=ended, new_tokens=len(new))
     return results
+
+
+def prompt_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """generate_tunes' batches of prompts (their indices) by token length: shortest first, so that like lengths
+    share a batch and little padding enters."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class RowBudgets(StoppingCriteria):
+    """Stops each row of a left-padded batch once it has written its own budget of new tokens (generate's
+    `max_new_tokens` is one number for the batch: the largest budget)."""
+
+    def __init__(self, prompt_width: int, budgets: list[int]):
+        self.prompt_width, self.budgets = prompt_width, torch.tensor(budgets)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return self.budgets.to(input_ids.device) <= input_ids.shape[1] - self.prompt_width
+
+
+@contextlib.contextmanager
+def _padding_past_the_context_is_expected():
+    """Silence generate's reminder that the batch outgrew max_position_embeddings: a padded row's tensor is longer
+    than its tune, whose own positions (counted from the attention mask) stay inside the context."""
+    logger = transformers_logging.get_logger("transformers.generation.stopping_criteria")
+    level = logger.level
+    logger.setLevel(transformers_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class LoopLimitLogitsProcessor(LogitsProcessor):

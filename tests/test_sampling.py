@@ -3,6 +3,7 @@
 nothing to sample. The settings: min_p reaches generate; every command prints its help."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -128,6 +129,31 @@ def test_min_p_keeps_the_tokens_near_the_likeliest_one():
     greedy = tunes(top_k=1, top_p=1.0)
     assert tunes(top_k=0, top_p=1.0, min_p=0.999) == greedy
     assert tunes(top_k=0, top_p=1.0, min_p=0.0) != greedy
+
+
+@pytest.mark.parametrize("constrain", ["none", "metre"])
+def test_prompts_of_any_length_share_a_batch_and_write_what_each_would_alone(constrain):
+    """One generate call for prompts of three lengths, padded on the left: greedy, each tune is the one its prompt
+    writes alone (positions and the processors' rows skip the padding), and a tune that does not end stops at its
+    own budget, the rest of the context after its prompt, whichever prompts share its batch."""
+    model = fresh_model()
+    with torch.no_grad():  # an untrained model's next-token odds are near uniform: spread them, so no tie decides
+        model.lm_head.weight.mul_(20)
+    model.config.max_position_embeddings = 64  # the context that sets the budgets: short ones, for a quick test
+    prompts = ["M:3/4\nK:Am\n", "M:4/4\nL:1/8\nR:reel\nK:G\n", HEADER]
+    args = SampleArguments(top_k=1, top_p=1.0, temperature=1.0, constrain=constrain, batch_size=3)
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kwargs: calls.append(kwargs["input_ids"].shape) or generate(**kwargs)
+    together = generate_tunes(model, TOKENIZER, prompts, args)
+    assert len(calls) == 1 and calls[0][0] == 3
+    alone = [generate_tunes(model, TOKENIZER, [prompt], replace(args, batch_size=1))[0] for prompt in prompts]
+    assert [s.text for s in together] == [s.text for s in alone]
+    context = model.config.max_position_embeddings
+    budgets = [context - len(TOKENIZER(prompt)["input_ids"]) for prompt in prompts]  # <s> + prompt, no </s>
+    assert len(set(budgets)) == 3
+    for sample, budget in zip(together, budgets):
+        assert sample.new_tokens < budget if sample.ended else sample.new_tokens == budget
 
 
 @pytest.mark.parametrize("script", ["sample", "evaluate_checkpoints"])  # the two that read SampleArguments

@@ -210,9 +210,10 @@ class MetreLogitsProcessor(LogitsProcessor):
     """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, keep: int = 16, temperature: float = 1.0,
-        top_p: float = 1.0,
+        self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int | list[int], keep: int = 16,
+        temperature: float = 1.0, top_p: float = 1.0,
     ):
+        """`max_new_tokens`: generate's, or one budget per row (a padded batch whose rows stop apart)."""
         self.eos = tokenizer.eos_token_id
         self.keep, self.max_new_tokens = keep, max_new_tokens
         # The sampling that follows, to stop looking once top-p's choice cannot change (see _nucleus_settled).
@@ -234,7 +235,8 @@ class MetreLogitsProcessor(LogitsProcessor):
         else:
             for state, token_id in zip(self.rows, input_ids[:, -1].tolist()):
                 self._advance(state, token_id)
-        left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
+        written = input_ids.shape[1] - self.prompt_length
+        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens] * len(self.rows)
         mask = torch.full_like(scores, float("-inf"))
         ranked = scores.argsort(dim=-1, descending=True)
         # tokens an earlier processor masked (the loop limit) rank last: they stay refused, and are never tried
@@ -242,12 +244,13 @@ class MetreLogitsProcessor(LogitsProcessor):
         order = [ids[:n] for ids, n in zip(ranked.tolist(), unmasked)]
         weights = (scores / self.temperature).softmax(-1).gather(-1, ranked).tolist() if self.top_p < 1 else None
         for row, state in enumerate(self.rows):
-            if state.done:
+            if state.done or written >= budgets[row]:  # ended, or stopped at its own budget (its tokens are pads)
                 mask[row] = 0
                 continue
             row_weights = weights[row][: unmasked[row]] if weights else None
-            allowed = self._allowed(state, order[row], row_weights, ending=left <= ENDING_MARGIN)
-            if not allowed and left <= ENDING_MARGIN:  # no way to the end from here: keep the metre at least
+            ending = budgets[row] - written <= ENDING_MARGIN
+            allowed = self._allowed(state, order[row], row_weights, ending=ending)
+            if not allowed and ending:  # no way to the end from here: keep the metre at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)
             if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
                 self.unconstrained_steps += 1
