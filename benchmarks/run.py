@@ -42,7 +42,7 @@ from finetune.data import clean_splits, load_raw_splits  # noqa: E402
 from finetune.model import load_config, load_model, load_tokenizer, resolve_block_size  # noqa: E402
 from finetune.packing import tokenize_and_pack  # noqa: E402
 from finetune.recipe import parse_recipe  # noqa: E402
-from finetune.sampling import SampleArguments, generate_tunes, prompt_batches, prompt_from_tune  # noqa: E402
+from finetune.sampling import SampleArguments, generate_tunes, prompt_batches  # noqa: E402
 
 RESULTS = []
 
@@ -362,25 +362,9 @@ def sampling_speed(model, tokenizer, constrain: str, max_repeats: int = 3) -> tu
     samples = generate_tunes(model, tokenizer, prompts, args)
     seconds = time.perf_counter() - start
     lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
-    batches = prompt_batches(lengths, args.batch_size)
+    batches = prompt_batches(lengths, args, model.device)
     steps = sum(max(samples[i].new_tokens + samples[i].ended for i in batch) for batch in batches)
     return sum(s.new_tokens for s in samples) / seconds, steps / seconds
-
-
-def sampling_seconds(model, tokenizer, prompts: list[str]) -> tuple[float, float]:
-    """Seconds to sample the prompts' own tunes (64 new tokens each) as generate_tunes does, in padded batches, and
-    as it did before 2026-11-27, one batch per prompt token length (each length sampled on its own)."""
-    args = SampleArguments(max_new_tokens=64, constrain="none", seed=0)
-    start = time.perf_counter()
-    generate_tunes(model, tokenizer, prompts, args)
-    padded = time.perf_counter() - start
-    by_length: dict[int, list[str]] = {}
-    for prompt in prompts:
-        by_length.setdefault(len(tokenizer(prompt)["input_ids"]), []).append(prompt)
-    start = time.perf_counter()
-    for group in by_length.values():
-        generate_tunes(model, tokenizer, group, args)
-    return padded, time.perf_counter() - start
 
 
 def markdown_table(device: str, results: list[dict]) -> str:
@@ -484,10 +468,6 @@ def main() -> None:
     _, unlimited_steps = sampling_speed(model, tokenizer, "none", max_repeats=0)
     record("sample tunes, own: generate steps/s, loop limit vs none", own_steps, "steps/s", baseline=unlimited_steps,
            settings=settings, target=">= 0.95")
-    prompts = [prompt_from_tune(tune) for tune in tunes["validation"]["text"][:32]]
-    padded, by_length = sampling_seconds(model, tokenizer, prompts)
-    record("sample 32 held-out prompts, own: padded batches vs a batch per length", len(prompts) / padded, "tunes/s",
-           baseline=len(prompts) / by_length, settings={"note": "64 new tokens a tune, sample.py's defaults"})
 
     # 7. quality per compute: validation bits per character after a fixed number of training tokens
     parsed.training_args.max_steps = steps * 2

@@ -132,28 +132,32 @@ def test_min_p_keeps_the_tokens_near_the_likeliest_one():
 
 
 @pytest.mark.parametrize("constrain", ["none", "metre"])
-def test_prompts_of_any_length_share_a_batch_and_write_what_each_would_alone(constrain):
-    """One generate call for prompts of three lengths, padded on the left: greedy, each tune is the one its prompt
-    writes alone (positions and the processors' rows skip the padding), and a tune that does not end stops at its
-    own budget, the rest of the context after its prompt, whichever prompts share its batch."""
+def test_prompts_of_any_length_share_a_padded_batch_and_write_what_each_would_alone(constrain):
+    """--batching padded (an accelerator's default): one generate call for prompts of three lengths, padded on the
+    left; greedy, each tune is the one its prompt writes alone (positions and the processors' rows skip the
+    padding), and a tune that does not end stops at its own budget, the rest of the context after its prompt,
+    whichever prompts share its batch. On the CPU, auto keeps one call per prompt length."""
     model = fresh_model()
     with torch.no_grad():  # an untrained model's next-token odds are near uniform: spread them, so no tie decides
         model.lm_head.weight.mul_(20)
     model.config.max_position_embeddings = 64  # the context that sets the budgets: short ones, for a quick test
     prompts = ["M:3/4\nK:Am\n", "M:4/4\nL:1/8\nR:reel\nK:G\n", HEADER]
-    args = SampleArguments(top_k=1, top_p=1.0, temperature=1.0, constrain=constrain, batch_size=3)
+    args = SampleArguments(top_k=1, top_p=1.0, temperature=1.0, constrain=constrain, batching="padded", batch_size=3)
     calls = []
     generate = model.generate
-    model.generate = lambda **kwargs: calls.append(kwargs["input_ids"].shape) or generate(**kwargs)
+    model.generate = lambda **kwargs: calls.append(kwargs["input_ids"].shape[0]) or generate(**kwargs)
     together = generate_tunes(model, TOKENIZER, prompts, args)
-    assert len(calls) == 1 and calls[0][0] == 3
-    alone = [generate_tunes(model, TOKENIZER, [prompt], replace(args, batch_size=1))[0] for prompt in prompts]
+    assert calls == [3]
+    alone = [generate_tunes(model, TOKENIZER, [prompt], args)[0] for prompt in prompts]
     assert [s.text for s in together] == [s.text for s in alone]
     context = model.config.max_position_embeddings
     budgets = [context - len(TOKENIZER(prompt)["input_ids"]) for prompt in prompts]  # <s> + prompt, no </s>
     assert len(set(budgets)) == 3
     for sample, budget in zip(together, budgets):
         assert sample.new_tokens < budget if sample.ended else sample.new_tokens == budget
+    calls.clear()
+    by_length = generate_tunes(model, TOKENIZER, prompts, replace(args, batching="auto"))
+    assert calls == [1, 1, 1] and [s.text for s in by_length] == [s.text for s in together]
 
 
 @pytest.mark.parametrize("script", ["sample", "evaluate_checkpoints"])  # the two that read SampleArguments
