@@ -7,7 +7,7 @@
 # 2. 30-step probes of RECIPE (music_abc_gpu.json) in fp32, in bf16, and, where bf16 is under half as fast,
 #    in bf16 through eager attention (which says whether the packed attention is the slow part);
 # 3. the documented recipe for 2 steps as the README's main command runs it (bf16, 8-bit AdamW);
-# 4. RECIPE for as many steps as fit by END_TRAIN, in the faster precision, then evaluate_checkpoints.py over
+# 4. RECIPE for as many of its steps as fit by END_TRAIN, in the faster precision, then evaluate_checkpoints.py over
 #    its final model: bits per character, and the own and constrained tunes of 64 held-out prompts.
 # END_TRAIN and END_ALL are seconds from the start; each stage is cut off in time and logs to OUT_DIR.
 set -u
@@ -58,7 +58,8 @@ timeout 70 python3 -m accelerate.commands.launch run_finetune.py recipes/music_a
 echo "exit $?"; grep -E "optimizer|precision|train_runtime" "$OUT/documented.log" | tail -4
 
 LEFT=$(( END_TRAIN - $(elapsed) - 30 ))
-STEPS=$(python3 -c "print(max($MIN_STEPS, min(2000, int($RATE * $LEFT * 0.85) // 50 * 50)))")
+MAX_STEPS=$(python3 -c "import json; print(json.load(open('$RECIPE')).get('max_steps', 2000))")
+STEPS=$(python3 -c "print(max($MIN_STEPS, min($MAX_STEPS, int($RATE * $LEFT * 0.85) // 50 * 50)))")
 RUN="$OUT/run"
 echo "== [$(elapsed)s] $RECIPE $PRECISION --max_steps $STEPS ($RATE steps/s probed, $LEFT s left)"
 timeout $(( END_TRAIN - $(elapsed) + 40 )) python3 run_finetune.py "$RECIPE" $PRECISION --max_steps "$STEPS" --output_dir "$RUN" \

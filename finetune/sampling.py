@@ -230,7 +230,8 @@ class RowBudgets(StoppingCriteria):
         self.prompt_width, self.budgets = prompt_width, torch.tensor(budgets)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return self.budgets.to(input_ids.device) <= input_ids.shape[1] - self.prompt_width
+        self.budgets = self.budgets.to(input_ids.device)  # once: after that, `to` is a no-op
+        return self.budgets <= input_ids.shape[1] - self.prompt_width
 
 
 @contextlib.contextmanager
