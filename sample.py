@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
+
 from finetune.abc.check import check_tunes
 from finetune.errors import run_command
 from finetune.model import load_checkpoint
@@ -31,6 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir (its final model)")
     command, sample_args, rest = parser.parse_command_line(argv)
     model, tokenizer = load_checkpoint(rest.checkpoint)
+    model.to(PartialState().device)  # the GPU where there is one (accelerate's choice of device, as Trainer's)
     prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
     samples = generate_tunes(model, tokenizer, prompts, sample_args)
     out = Path(command.out) if command.out else Path(rest.checkpoint) / "samples"
