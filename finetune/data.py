@@ -146,7 +146,7 @@ def _load_files(paths: list[Path], text_column: str, streaming: bool = False) ->
         raise UserError(f"mixed or unknown data file types {sorted(suffixes)}; use one of {', '.join(TABLE_BUILDERS)} or .abc/.txt")
     builder = TABLE_BUILDERS[suffixes.pop()]
     try:
-        with quiet_datasets_logger():  # a file it cannot read is reported below, in one line
+        with quiet_logger("datasets"):  # a file it cannot read is reported below, in one line
             table = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
     except Exception as e:  # datasets and pyarrow raise many types for a file they cannot read
         if _holds_no_rows(paths, builder) or "corresponds to no data" in str(e):
@@ -156,15 +156,16 @@ def _load_files(paths: list[Path], text_column: str, streaming: bool = False) ->
 
 
 @contextlib.contextmanager
-def quiet_datasets_logger():
-    """datasets logs a file it cannot read before raising; the caller reports it instead, in one line."""
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def quiet_logger(name: str, level: int = logging.CRITICAL):
+    """The logger `name` says only what reaches `level` meanwhile: datasets logs a file it cannot read before
+    raising, which the caller reports instead, in one line."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 def root_reason(error: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,11 +31,11 @@ from transformers import (
     StoppingCriteriaList,
     set_seed,
 )
-from transformers.utils import logging as transformers_logging
 
 from .abc import header_length
 from .abc.check import run_abc2midi
 from .abc.constrain import MetreLogitsProcessor
+from .data import quiet_logger
 from .errors import UserError
 from .model import context_length
 from .packing import pad_token_id, tokenize_batch
@@ -178,7 +179,9 @@ def generate_tunes(
             processors.append(MetreLogitsProcessor(
                 tokenizer, max_new_tokens=budgets, keep=keep, temperature=args.temperature, top_p=args.top_p
             ))
-        with _padding_past_the_context_is_expected():
+        # generate reminds that the batch outgrew max_position_embeddings: a padded row's tensor is longer than
+        # its tune, whose own positions (counted from the attention mask) stay inside the context
+        with quiet_logger("transformers.generation.stopping_criteria", logging.ERROR):
             output = model.generate(
                 input_ids=input_ids,
                 logits_processor=processors,
@@ -232,19 +235,6 @@ class RowBudgets(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         self.budgets = self.budgets.to(input_ids.device)  # once: after that, `to` is a no-op
         return self.budgets <= input_ids.shape[1] - self.prompt_width
-
-
-@contextlib.contextmanager
-def _padding_past_the_context_is_expected():
-    """Silence generate's reminder that the batch outgrew max_position_embeddings: a padded row's tensor is longer
-    than its tune, whose own positions (counted from the attention mask) stay inside the context."""
-    logger = transformers_logging.get_logger("transformers.generation.stopping_criteria")
-    level = logger.level
-    logger.setLevel(transformers_logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class LoopLimitLogitsProcessor(LogitsProcessor):

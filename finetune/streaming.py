@@ -32,7 +32,7 @@ from .data import (
     SPLITS,
     clean_batch,
     keeps_metre,
-    quiet_datasets_logger,
+    quiet_logger,
     root_reason,
     splits_of_keys,
     with_transposed_copies,
@@ -114,7 +114,7 @@ def tokenize_and_pack_stream(
 def _reading(data_args: DataArguments, what: str):
     """A source that fails while it is read becomes one line that names it."""
     try:
-        with quiet_datasets_logger():
+        with quiet_logger("datasets"):
             yield
     except Exception as e:  # datasets, pyarrow and pandas raise many types for a source they cannot read
         raise UserError(f"dataset '{data_args.dataset_name_or_path}': reading the {what} stream failed ({root_reason(e)}); check the source") from None
