@@ -1,6 +1,7 @@
 """Sampling. The loop limit: LoopLimitLogitsProcessor cuts a block of tokens repeated back to back more than
 `max_repeats` times, touches real tunes as seldom as a second, independent count says, and never leaves a row
-nothing to sample. The settings: min_p reaches generate; every command prints its help."""
+nothing to sample. The settings: min_p reaches generate; padded batches write what each prompt writes alone;
+every command prints its help."""
 
 import json
 from dataclasses import replace
