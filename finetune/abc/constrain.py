@@ -222,6 +222,7 @@ class MetreLogitsProcessor(LogitsProcessor):
         self.close_slur = self.texts.index(")") if ")" in self.texts else None
         self.tokenizer = tokenizer
         self.rows: list[RowState] | None = None
+        self.budgets: list[int] = []  # each row's max_new_tokens, set with the rows
         self.prompt_length = 0
         self.unconstrained_steps = 0
 
@@ -230,13 +231,14 @@ class MetreLogitsProcessor(LogitsProcessor):
         if self.rows is None:
             self.prompt_length = input_ids.shape[1]
             self.rows = [RowState(Reader()) for _ in range(input_ids.shape[0])]
+            per_row = isinstance(self.max_new_tokens, list)
+            self.budgets = self.max_new_tokens if per_row else [self.max_new_tokens] * len(self.rows)
             for state, row in zip(self.rows, input_ids.tolist()):
                 self._feed(state, self.tokenizer.decode(row, skip_special_tokens=True))
         else:
             for state, token_id in zip(self.rows, input_ids[:, -1].tolist()):
                 self._advance(state, token_id)
         written = input_ids.shape[1] - self.prompt_length
-        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens] * len(self.rows)
         mask = torch.full_like(scores, float("-inf"))
         ranked = scores.argsort(dim=-1, descending=True)
         # tokens an earlier processor masked (the loop limit) rank last: they stay refused, and are never tried
@@ -244,11 +246,11 @@ class MetreLogitsProcessor(LogitsProcessor):
         order = [ids[:n] for ids, n in zip(ranked.tolist(), unmasked)]
         weights = (scores / self.temperature).softmax(-1).gather(-1, ranked).tolist() if self.top_p < 1 else None
         for row, state in enumerate(self.rows):
-            if state.done or written >= budgets[row]:  # ended, or stopped at its own budget (its tokens are pads)
+            if state.done or written >= self.budgets[row]:  # ended, or stopped at its own budget (its tokens are pads)
                 mask[row] = 0
                 continue
             row_weights = weights[row][: unmasked[row]] if weights else None
-            ending = budgets[row] - written <= ENDING_MARGIN
+            ending = self.budgets[row] - written <= ENDING_MARGIN
             allowed = self._allowed(state, order[row], row_weights, ending=ending)
             if not allowed and ending:  # no way to the end from here: keep the metre at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)
