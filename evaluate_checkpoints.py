@@ -45,12 +45,20 @@ from finetune.args import DataArguments
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import UserError, run_command
 from finetune.metrics import COLUMNS, TokenMetrics, format_cell, load_metric, preprocess_logits_for_metrics
-from finetune.model import has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
+from finetune.model import context_length, has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.recipe import CliParser
 from finetune.report import TUNE_KINDS, chosen_steps, parse_steps, samples_folder, write_report
 from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
-from finetune.sampling import Sample, SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, write_samples
+from finetune.sampling import (
+    Sample,
+    SampleArguments,
+    cut_off_real_tunes,
+    generate_tunes,
+    prompt_fields,
+    prompt_from_tune,
+    write_samples,
+)
 
 PLOTTED = [name for name in COLUMNS if name not in ("step", "tunes", "perplexity")]
 TOKEN_METRICS = ("loss", "bits_per_char", "accuracy")  # the checkpoint's, not its samples'
@@ -155,6 +163,7 @@ class Scorer:
         self.training_tunes = training_tunes
         self.adherence = load_metric("header_adherence")
         self.novelty = load_metric("abc_novelty")
+        self.loops = load_metric("loops")
 
     def __call__(self, tunes: list[str], checks: list[dict], prompts: list[str]) -> dict:
         verdicts = summarize(checks)
@@ -163,6 +172,7 @@ class Scorer:
             "bar_consistency": verdicts["bar_consistency"],
             **self.adherence.compute(predictions=tunes, references=prompts),
             **self.novelty.compute(predictions=tunes, training_tunes=self.training_tunes),
+            "loops": self.loops.compute(predictions=tunes)["loops"],
         }
 
 
@@ -257,7 +267,7 @@ def main(argv: list[str]) -> int:
     prompts = [prompt_from_tune(tune, fields) for tune in real]
     score = Scorer(training_tunes)
     real_checks = check_tunes(real, checker)
-    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts), "truncation": 0.0}
+    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts)}
     tokenizer = None
     out = Path(rest.run_dir) / "eval"
     out.mkdir(exist_ok=True)
@@ -277,6 +287,9 @@ def main(argv: list[str]) -> int:
                 block_size = resolve_block_size(data_args.max_seq_length, model.config)
                 packed, _ = tokenize_and_pack(held_out, tokenizer, block_size, data_args, splits=(command.split,))
                 token_metrics = TokenMetrics(tokenizer)
+                # the real tunes' truncation: those the budget a sample gets would cut off too
+                cut = cut_off_real_tunes(tokenizer, context_length(model.config), prompts, real, sample_args)
+                reference["truncation"] = sum(cut) / len(cut)
             batch_size = command.per_device_eval_batch_size or resolved.get("per_device_eval_batch_size", 8)
             numbers = token_numbers(model, packed[command.split], batch_size, token_metrics, scratch)
             for kind, kind_args in kinds.items():

@@ -33,6 +33,7 @@ COLUMNS = {
     "bar_consistency": "{:.3f}",
     "header_adherence": "{:.3f}",
     "truncation": "{:.3f}",
+    "loops": "{:.3f}",
     "copy_max": "{:.3f}",
     "copy_share": "{:.3f}",
     "diversity": "{:.3f}",

@@ -19,6 +19,7 @@ from pathlib import Path
 from .abc.check import check_tunes
 from .errors import UserError
 from .metrics import COLUMNS, format_cell
+from .sampling import in_a_loop
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.
@@ -73,7 +74,7 @@ def _metrics_table(report: dict) -> str:
 def _tune_card(tune_id: str, label: str, record: dict, check: dict) -> str:
     verdict = '<span class="valid">valid</span>' if check["valid"] else f'<span class="invalid">{len(check["errors"])} problem(s)</span>'
     bars = f'{check["bars_total"] - check["bars_off"]}/{check["bars_total"]} bars on the metre' if check["bars_total"] else "no bars"
-    ending = "" if record["ended"] else " · truncated"
+    ending = (" · in a loop" if in_a_loop(record["text"]) else "") + ("" if record["ended"] else " · truncated")
     findings = "; ".join(check["errors"][:3]) + (" …" if len(check["errors"]) > 3 else "")
     return (
         f'<div class="tune"><div class="head"><strong>{html.escape(label)}</strong> {verdict} '

@@ -17,10 +17,12 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from transformers import (
     LogitsProcessor,
@@ -47,8 +49,9 @@ CONDITIONING_FIELDS = "RT"
 # music21 turns a real tune into MIDI in well under a second.
 MIDI_SECONDS = 10.0
 # The shortest and longest block of tokens whose back-to-back repeats SampleArguments.max_repeats limits: shorter
-# ones are figures (`A2A2 A2A2`), not loops; 128 covers a line of four bars and then some.
-LOOP_MIN_TOKENS, LOOP_MAX_TOKENS = 8, 128
+# ones are figures (`A2A2 A2A2`), not loops; 128 covers a line of four bars and then some. A tune is in a loop
+# where such a block starts a copy after LOOP_REPEATS of them (the loop limit's default, and the loops metric's).
+LOOP_MIN_TOKENS, LOOP_MAX_TOKENS, LOOP_REPEATS = 8, 128, 3
 
 
 @dataclass
@@ -74,7 +77,7 @@ class SampleArguments:
                   "ends); auto: padded on an accelerator, length on the CPU."},
     )
     max_repeats: int = field(
-        default=3,
+        default=LOOP_REPEATS,
         metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
                   "so that a loop is cut (LoopLimitLogitsProcessor; 1 in 90 training tunes repeats one more than "
                   "3 times); 0 turns it off."},
@@ -165,7 +168,7 @@ def generate_tunes(
     results: list[Sample | None] = [None] * len(prompts)
     for batch in prompt_batches([len(ids) for ids in encoded], args, model.device):
         width = max(len(encoded[i]) for i in batch)
-        budgets = [min(args.max_new_tokens or context, context - len(encoded[i])) for i in batch]
+        budgets = [token_budget(args, context, len(encoded[i])) for i in batch]
         input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=model.device)
         # from the lengths, not from the ids: a GPT-2 style tokenizer's pad is its `<s>` too
         attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
@@ -205,6 +208,20 @@ def generate_tunes(
             text = prompts[i] + tokenizer.decode(new, skip_special_tokens=True)
             results[i] = Sample(prompt=prompts[i], text=text, ended=ended, new_tokens=len(new))
     return results
+
+
+def token_budget(args: SampleArguments, context: int, prompt_tokens: int) -> int:
+    """How many new tokens a tune may write after a prompt of `prompt_tokens` tokens (`<s>` included)."""
+    return min(args.max_new_tokens or context, context - prompt_tokens)
+
+
+def cut_off_real_tunes(tokenizer: PreTrainedTokenizerBase, context: int, prompts: list[str], tunes: list[str],
+                       args: SampleArguments) -> list[bool]:
+    """Whether each real tune, written after its prompt, would run past the budget generate_tunes gives that
+    prompt: its tokens and `</s>` (as training tokenizes them) outnumber the prompt's plus the budget."""
+    lengths = tokenize_batch({"text": tunes}, tokenizer)["length"]
+    prompt_lengths = [len(_encode(tokenizer, prompt)) for prompt in prompts]
+    return [n - p > token_budget(args, context, p) for n, p in zip(lengths, prompt_lengths)]
 
 
 def prompt_batches(lengths: list[int], args: SampleArguments, device: torch.device) -> list[list[int]]:
@@ -272,6 +289,25 @@ class LoopLimitLogitsProcessor(LogitsProcessor):
         banned[rows, input_ids[rows, self.read - self.periods[blocks]]] = True
         left = (scores.masked_fill(banned, float("-inf")) > float("-inf")).any(-1, keepdim=True)
         return scores.masked_fill(banned & left, float("-inf"))
+
+
+def most_copies(items: Sequence) -> float:
+    """The most back-to-back copies of any block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS items (token ids, or the
+    characters of a tune) in `items`; a partial copy counts its fraction. From the longest run of positions equal
+    to the one a block length before them: the count LoopLimitLogitsProcessor keeps per token, taken at once."""
+    a = np.frombuffer(items.encode("utf-32-le"), dtype=np.uint32) if isinstance(items, str) else np.asarray(items)
+    best = 1.0
+    for p in range(LOOP_MIN_TOKENS, min(LOOP_MAX_TOKENS, len(a) - 1) + 1):
+        edges = np.diff(np.concatenate(([0], (a[p:] == a[:-p]).astype(np.int8), [0])))
+        if (edges == 1).any():
+            best = max(best, float((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max() + p) / p)
+    return best
+
+
+def in_a_loop(text: str) -> bool:
+    """Whether the tune writes a block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS characters more than LOOP_REPEATS
+    times back to back: for a character tokenizer, whether the loop limit would have cut it."""
+    return most_copies(text) > LOOP_REPEATS
 
 
 def as_abc_file(text: str, index: int, title: str) -> str:

@@ -1,41 +1,39 @@
 """Sampling. The loop limit: LoopLimitLogitsProcessor cuts a block of tokens repeated back to back more than
 `max_repeats` times, touches real tunes as seldom as a second, independent count says, and never leaves a row
-nothing to sample. The settings: min_p reaches generate; padded batches write what each prompt writes alone;
-every command prints its help."""
+nothing to sample. The loops metric finds loops where they are written and seldom in real tunes; a real tune
+counts as cut off exactly where a sample writing it is. The settings: min_p reaches generate; padded batches
+write what each prompt writes alone; every command prints its help."""
 
 import json
 from dataclasses import replace
 
-import numpy as np
+import evaluate
 import pytest
 import torch
-from conftest import TINY_RECIPE, run_cli
+from conftest import REPO, TINY_RECIPE, run_cli
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
+from finetune.abc import header_length
 from finetune.abc.check import analyse
 from finetune.abc.constrain import MetreLogitsProcessor
-from finetune.sampling import LOOP_MAX_TOKENS, LOOP_MIN_TOKENS, LoopLimitLogitsProcessor, SampleArguments, generate_tunes
+from finetune.sampling import (
+    LoopLimitLogitsProcessor,
+    SampleArguments,
+    cut_off_real_tunes,
+    generate_tunes,
+    in_a_loop,
+    most_copies,
+    prompt_from_tune,
+)
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)
 
 
-def most_copies(ids: list[int]) -> float:
-    """The most back-to-back copies of any block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS tokens in `ids` (a partial copy
-    counts its fraction), from the longest run of positions equal to the one a block length before them."""
-    a, best = np.array(ids), 1.0
-    for p in range(LOOP_MIN_TOKENS, min(LOOP_MAX_TOKENS, len(a) - 1) + 1):
-        same = np.concatenate(([0], (a[p:] == a[:-p]).astype(np.int8), [0]))
-        edges = np.diff(same)
-        if (edges == 1).any():
-            best = max(best, ((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max() + p) / p)
-    return best
-
-
 def test_real_tunes_are_touched_exactly_where_a_block_comes_a_fourth_time(corpus):
     """Teacher-forced over the held-out tunes (their first 512 tokens, batched), the processor masks a tune's own
-    next token in exactly the tunes where the run-length count finds a block more than 3 times running: about 1%
-    (7 of 706 validation tunes here), so the limit leaves real music alone."""
+    next token in exactly the tunes where the run-length count (`most_copies`, the loops metric's) finds a block
+    more than 3 times running: about 1% (7 of 706 validation tunes here), so the limit leaves real music alone."""
     tunes = [TOKENIZER(text)["input_ids"][:512] for text in corpus["validation"]]
     length = max(map(len, tunes))
     # padding continues each tune with ids no tune holds, distinct per position, so it forms no loop
@@ -115,6 +113,61 @@ def test_the_only_token_a_row_has_left_is_never_taken():
     scores[0, block[0]] = 0.0  # row 0 may only continue the loop
     out = LoopLimitLogitsProcessor(max_repeats=3)(ids, scores)
     assert out[0, block[0]] == 0 and torch.isinf(out[1, block[0]]) and torch.isfinite(out[1]).sum() == len(TOKENIZER) - 1
+
+
+def test_the_loops_metric_finds_loops_in_real_tunes_only_where_one_is_written_in(corpus):
+    """The metric can fail both ways: real tunes score about 1%; the same tunes with one of their lines (8 to 128
+    characters) written four times running score 1, and twice, as tunes often do, as before."""
+    loops = evaluate.load(str(REPO / "metrics" / "loops"), keep_in_memory=True)
+    tunes = corpus["validation"][:300]
+    real = loops.compute(predictions=tunes)["loops"]
+    assert 0 < real <= 0.03
+
+    def repeated(tune: str, times: int) -> str:
+        line = next(line for line in tune.split("\n")[::-1] if 8 <= len(line) + 1 <= 128)
+        return tune.replace(line + "\n", (line + "\n") * times, 1)
+
+    fit = [t for t in tunes if any(8 <= len(line) + 1 <= 128 for line in t.split("\n")) and not in_a_loop(t)]
+    assert len(fit) > 250
+    assert loops.compute(predictions=[repeated(t, 4) for t in fit])["loops"] == 1.0
+    assert loops.compute(predictions=[repeated(t, 2) for t in fit])["loops"] <= real
+
+
+class Scripted(LogitsProcessor):
+    """A model that writes exactly `ids` after a prompt `start` tokens wide, then `</s>`."""
+
+    def __init__(self, ids: list[int], start: int):
+        self.ids, self.start = ids, start
+
+    def __call__(self, input_ids, scores):
+        n = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[n] if n < len(self.ids) else TOKENIZER.eos_token_id] = 0.0
+        return forced
+
+
+def test_a_real_tune_counts_as_cut_off_exactly_where_a_sample_writing_it_is(corpus):
+    """The reference row's truncation: a real tune ends within the budget a sample of its prompt gets, or is cut off,
+    as generate_tunes decides it for a model that writes that tune (budgets one token either side of its need)."""
+    model = fresh_model()
+    real = next(t for t in corpus["validation"] if 100 < len(t) < 200)
+    prompt = prompt_from_tune(real)
+    tune = prompt + real[header_length(real):]  # the real tune as a sample of its prompt would write it
+    music = TOKENIZER(tune[len(prompt):], add_special_tokens=False)["input_ids"]
+    width = len(TOKENIZER(prompt)["input_ids"])  # <s> + prompt
+    generate = model.generate
+
+    def writes_the_tune(**kwargs):
+        return generate(**{**kwargs, "logits_processor": LogitsProcessorList([*kwargs["logits_processor"], Scripted(music, width)])})
+
+    model.generate = writes_the_tune
+    verdicts = []
+    for budget in (len(music), len(music) + 1):  # the music and `</s>` need len(music) + 1 new tokens
+        args = SampleArguments(max_new_tokens=budget, max_repeats=0, constrain="none")
+        [sample] = generate_tunes(model, TOKENIZER, [prompt], args)
+        assert sample.text == tune if sample.ended else tune.startswith(sample.text)
+        verdicts.append((sample.ended, cut_off_real_tunes(TOKENIZER, 512, [prompt], [tune], args)[0]))
+    assert verdicts == [(False, True), (True, False)]
 
 
 def test_min_p_keeps_the_tokens_near_the_likeliest_one():
