@@ -9,7 +9,7 @@ twice from the same prompts and seed, and each set is scored:
 
 - `own`: the model's own tunes (samples/step-N/), what it learnt: nothing masked;
 - `constrained`: the same sampling through sample.py's masks (samples/step-N-constrained/): the loop limit
-  (`--max_repeats`, LoopLimitLogitsProcessor in finetune/sampling.py) and MetreLogitsProcessor
+  (`--max_repeats`, LoopLimitLogitsProcessor in finetune/loops.py) and MetreLogitsProcessor
   (finetune/abc/constrain.py), which masks tokens that would break ABC syntax or the metre; `--constrain none`
   skips this kind.
 

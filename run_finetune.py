@@ -21,6 +21,7 @@ from finetune.attention import PackedCollator
 from finetune.curves import LossPlotCallback
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import run_command
+from finetune.loops import LoopPenaltyTrainer, pseudo_loop_rows
 from finetune.metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
 from finetune.packing import tokenize_and_pack
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
             tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
             tokenizer = load_tokenizer(model_args, block_size, tunes["train"]["text"])
             lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
+            if data_args.loop_penalty:
+                loops = pseudo_loop_rows(tunes["train"], tokenizer, block_size, data_args, training_args.seed)
     if resume_from and not model_args.model_name_or_path:
         check_resume_tokenizer(resume_from, tokenizer.get_vocab())
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
@@ -64,6 +67,8 @@ def main(argv: list[str]) -> int:
         notes.append(f"train tunes include copies rescaled to the (M:, L:) pairs under {data_args.balance_metres} tunes")
     if data_args.transpose_train:
         notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
+    if data_args.loop_penalty:
+        notes.append(f"loop penalty {data_args.loop_penalty:g}: {len(loops)} pseudo-loops, half a batch of them a step")
 
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -81,7 +86,10 @@ def main(argv: list[str]) -> int:
     check_disk_space(training_args.output_dir, trainable_parameters, training_args.optim.value)
 
     ########## train, then save the final model and tokenizer beside the checkpoints
-    trainer = Trainer(
+    trainer_class, loop_args = Trainer, {}
+    if data_args.loop_penalty:
+        trainer_class, loop_args = LoopPenaltyTrainer, {"loops": loops, "weight": data_args.loop_penalty}
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=lm_datasets["train"],
@@ -91,6 +99,7 @@ def main(argv: list[str]) -> int:
         compute_metrics=TokenMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[LossPlotCallback(), *([StreamPasses()] if data_args.streaming else [])],
+        **loop_args,
     )
     if trainer.is_world_process_zero():
         write_run_files(training_args.output_dir, recipe.resolved, ["run_finetune.py", *argv])

@@ -146,6 +146,15 @@ class DataArguments:
             "Empty: no copies."
         },
     )
+    loop_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the loop penalty (finetune/loops.py, after DITTO): each training batch also holds "
+            "half as many pseudo-loops, a line or bar of a training tune written again and again, and from their "
+            "4th copy on the model is taught to halve the probability of each further copy, so that its own tunes "
+            "leave a loop. 0: off."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training tunes (before packing), for quick runs."}
     )

@@ -254,6 +254,11 @@ def _value_problems(ns: dict) -> list[str]:
     elif ns["balance_metres"] and ns["streaming"]:
         problems.append("'balance_metres' counts the tunes of each metre over the whole training split, which "
                         "'streaming' never holds; set 'balance_metres' to 0, or turn 'streaming' off")
+    if ns["loop_penalty"] < 0:
+        problems.append(f"'loop_penalty' must be 0 (off) or a positive weight, got {ns['loop_penalty']}")
+    elif ns["loop_penalty"] and ns["streaming"]:
+        problems.append("'loop_penalty' draws its pseudo-loops from the whole training split, which 'streaming' "
+                        "never holds; set 'loop_penalty' to 0, or turn 'streaming' off")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (

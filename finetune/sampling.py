@@ -17,15 +17,12 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from transformers import (
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -38,6 +35,7 @@ from .abc import header_length
 from .abc.check import run_abc2midi
 from .abc.constrain import MetreLogitsProcessor
 from .data import quiet_logger
+from .loops import LOOP_MIN_TOKENS, LOOP_REPEATS, LoopLimitLogitsProcessor
 from .errors import UserError
 from .model import context_length
 from .packing import pad_token_id, tokenize_batch
@@ -48,10 +46,6 @@ PROMPT_FIELDS = "MLK"
 CONDITIONING_FIELDS = "RT"
 # music21 turns a real tune into MIDI in well under a second.
 MIDI_SECONDS = 10.0
-# The shortest and longest block of tokens whose back-to-back repeats SampleArguments.max_repeats limits: shorter
-# ones are figures (`A2A2 A2A2`), not loops; 128 covers a line of four bars and then some. A tune is in a loop
-# where such a block starts a copy after LOOP_REPEATS of them (the loop limit's default, and the loops metric's).
-LOOP_MIN_TOKENS, LOOP_MAX_TOKENS, LOOP_REPEATS = 8, 128, 3
 
 
 @dataclass
@@ -252,62 +246,6 @@ class RowBudgets(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         self.budgets = self.budgets.to(input_ids.device)  # once: after that, `to` is a no-op
         return self.budgets <= input_ids.shape[1] - self.prompt_width
-
-
-class LoopLimitLogitsProcessor(LogitsProcessor):
-    """Masks the token that would start the `max_repeats + 1`-th back-to-back copy of a block of tokens.
-
-    A model caught in a loop writes one bar or line over and over until the token budget cuts the tune off (49 of
-    the 59 own tunes of the CPU recipe cut off on 512 prompts). Real tunes repeat a phrase twice often and a figure
-    of a few notes many times, but seldom a block of LOOP_MIN_TOKENS or more tokens more than 3 times running
-    (1.1% of the bundled training tunes, 1.0% of the validation ones). For each row and each block length p in
-    LOOP_MIN_TOKENS..LOOP_MAX_TOKENS it keeps how many of the last tokens equal the token p before them, updated
-    per token; where that run covers `max_repeats` copies, the token that would continue them is masked, unless
-    it is the only one the row has left (then the row keeps its scores for that step).
-    """
-
-    def __init__(self, max_repeats: int = 3):
-        self.max_repeats = max_repeats
-        self.periods = torch.arange(LOOP_MIN_TOKENS, LOOP_MAX_TOKENS + 1)  # the block lengths watched
-        self.runs: torch.Tensor | None = None  # [rows, periods]
-        self.read = 0  # tokens of input_ids read into self.runs
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.runs is None:
-            self.periods = self.periods.to(input_ids.device)
-            self.runs = torch.zeros(input_ids.shape[0], len(self.periods), dtype=torch.long, device=input_ids.device)
-        for position in range(self.read, input_ids.shape[1]):  # the prompt on the first call, then one token
-            before = position - self.periods
-            same = (input_ids[:, before.clamp(min=0)] == input_ids[:, position, None]) & (before >= 0)
-            self.runs = torch.where(same, self.runs + 1, 0)
-        self.read = input_ids.shape[1]
-        looping = self.runs >= (self.max_repeats - 1) * self.periods
-        if not looping.any():
-            return scores
-        rows, blocks = looping.nonzero(as_tuple=True)
-        banned = torch.zeros_like(scores, dtype=torch.bool)
-        banned[rows, input_ids[rows, self.read - self.periods[blocks]]] = True
-        left = (scores.masked_fill(banned, float("-inf")) > float("-inf")).any(-1, keepdim=True)
-        return scores.masked_fill(banned & left, float("-inf"))
-
-
-def most_copies(items: Sequence) -> float:
-    """The most back-to-back copies of any block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS items (token ids, or the
-    characters of a tune) in `items`; a partial copy counts its fraction. From the longest run of positions equal
-    to the one a block length before them: the count LoopLimitLogitsProcessor keeps per token, taken at once."""
-    a = np.frombuffer(items.encode("utf-32-le"), dtype=np.uint32) if isinstance(items, str) else np.asarray(items)
-    best = 1.0
-    for p in range(LOOP_MIN_TOKENS, min(LOOP_MAX_TOKENS, len(a) - 1) + 1):
-        edges = np.diff(np.concatenate(([0], (a[p:] == a[:-p]).astype(np.int8), [0])))
-        if (edges == 1).any():
-            best = max(best, float((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max() + p) / p)
-    return best
-
-
-def in_a_loop(text: str) -> bool:
-    """Whether the tune writes a block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS characters more than LOOP_REPEATS
-    times back to back: for a character tokenizer, whether the loop limit would have cut it."""
-    return most_copies(text) > LOOP_REPEATS
 
 
 def as_abc_file(text: str, index: int, title: str) -> str:

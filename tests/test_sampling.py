@@ -16,15 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, Logi
 from finetune.abc import header_length
 from finetune.abc.check import analyse
 from finetune.abc.constrain import MetreLogitsProcessor
-from finetune.sampling import (
-    LoopLimitLogitsProcessor,
-    SampleArguments,
-    cut_off_real_tunes,
-    generate_tunes,
-    in_a_loop,
-    most_copies,
-    prompt_from_tune,
-)
+from finetune.loops import LoopLimitLogitsProcessor, in_a_loop, most_copies
+from finetune.sampling import SampleArguments, cut_off_real_tunes, generate_tunes, prompt_from_tune
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)

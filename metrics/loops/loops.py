@@ -7,13 +7,13 @@
 A tune is in a loop where a block of 8 to 128 characters starts a copy after 3 back-to-back copies of it: what
 LoopLimitLogitsProcessor (`--max_repeats 3`) forbids, counted on characters (for a character tokenizer, its
 tokens). Real tunes do this about once in a hundred; a small model's own tunes that run to the token budget
-mostly do it (finetune/sampling.py, `in_a_loop`). Needs the repository root on the Python path.
+mostly do it (finetune/loops.py, `in_a_loop`). Needs the repository root on the Python path.
 """
 
 import datasets
 import evaluate
 
-from finetune.sampling import in_a_loop
+from finetune.loops import in_a_loop
 
 
 class Loops(evaluate.Metric):
