@@ -2,7 +2,7 @@
 
 One definition, used everywhere: a tune is in a loop where a block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS tokens
 (characters, for the character tokenizer) starts a copy after LOOP_REPEATS back-to-back copies of it. Real tunes
-do this about once in a hundred, all of them with runs of spaces; the own tunes of the models here 16 to 21 times
+do this about once in a hundred, many of them with runs of spaces or blank bars; the own tunes of the models here 16 to 21 times
 in a hundred, and half or more of those still end within the token budget (README, "Loops, counted").
 
 - Counting: `most_copies` and `in_a_loop` (the loops metric, metrics/loops; the report's "in a loop").

@@ -35,8 +35,8 @@ from .abc import header_length
 from .abc.check import run_abc2midi
 from .abc.constrain import MetreLogitsProcessor
 from .data import quiet_logger
-from .loops import LOOP_MIN_TOKENS, LOOP_REPEATS, LoopLimitLogitsProcessor
 from .errors import UserError
+from .loops import LOOP_MIN_TOKENS, LOOP_REPEATS, LoopLimitLogitsProcessor
 from .model import context_length
 from .packing import pad_token_id, tokenize_batch
 
