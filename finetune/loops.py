@@ -2,8 +2,9 @@
 
 One definition, used everywhere: a tune is in a loop where a block of LOOP_MIN_TOKENS..LOOP_MAX_TOKENS tokens
 (characters, for the character tokenizer) starts a copy after LOOP_REPEATS back-to-back copies of it. Real tunes
-do this about once in a hundred, many of them with runs of spaces or blank bars; the own tunes of the models here 16 to 21 times
-in a hundred, and half or more of those still end within the token budget (README, "Loops, counted").
+do this about once in a hundred, many of them with runs of spaces or blank bars; the own tunes of the models
+here 16 to 21 times in a hundred, and half or more of those still end within the token budget (README, "Loops,
+counted").
 
 - Counting: `most_copies` and `in_a_loop` (the loops metric, metrics/loops; the report's "in a loop").
 - Sampling: `LoopLimitLogitsProcessor` masks the token that would start the copy (sample.py `--max_repeats`).
@@ -186,7 +187,8 @@ class LoopPenaltyTrainer(Trainer):
         inputs = {**inputs, "input_ids": torch.cat([inputs["input_ids"], ids])}
         inputs["labels"] = torch.cat([inputs["labels"], torch.full_like(ids, IGNORE_INDEX)])
         if "position_ids" in inputs:
-            inputs["position_ids"] = torch.cat([inputs["position_ids"], torch.arange(ids.shape[1], device=ids.device).expand_as(ids)])
+            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)  # one tune a row
+            inputs["position_ids"] = torch.cat([inputs["position_ids"], positions])
         if "attention_mask" in inputs:
             inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(ids)])
         if "cu_seq_lens_q" in inputs:  # flash-attention's boundaries, for the rows as they now are
