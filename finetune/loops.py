@@ -72,7 +72,7 @@ class LoopLimitLogitsProcessor(LogitsProcessor):
     it is the only one the row has left (then the row keeps its scores for that step).
     """
 
-    def __init__(self, max_repeats: int = 3):
+    def __init__(self, max_repeats: int = LOOP_REPEATS):
         self.max_repeats = max_repeats
         self.periods = torch.arange(LOOP_MIN_TOKENS, LOOP_MAX_TOKENS + 1)  # the block lengths watched
         self.runs: torch.Tensor | None = None  # [rows, periods]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .abc.check import check_tunes
 from .errors import UserError
-from .metrics import COLUMNS, format_cell
 from .loops import in_a_loop
+from .metrics import COLUMNS, format_cell
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.

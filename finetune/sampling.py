@@ -74,7 +74,7 @@ class SampleArguments:
         default=LOOP_REPEATS,
         metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
                   "so that a loop is cut (LoopLimitLogitsProcessor; 1 in 90 training tunes repeats one more than "
-                  "3 times); 0 turns it off."},
+                  f"{LOOP_REPEATS} times); 0 turns it off."},
     )
     constrain: Literal["metre", "none"] = field(
         default="metre",
