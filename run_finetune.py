@@ -17,7 +17,6 @@ import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, 
 import torch
 from transformers import Trainer, set_seed
 
-from finetune.abc.constrain import note_tokens
 from finetune.attention import PackedCollator
 from finetune.curves import LossPlotCallback
 from finetune.data import clean_splits, load_raw_splits
@@ -69,8 +68,7 @@ def main(argv: list[str]) -> int:
     if data_args.transpose_train:
         notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
     if data_args.loop_penalty:
-        scored = "the notes" if data_args.loop_penalty_on == "notes" else "every token"
-        notes.append(f"loop penalty {data_args.loop_penalty:g}, on {scored}: {len(loops)} pseudo-loops, half a batch a step")
+        notes.append(f"loop penalty {data_args.loop_penalty:g}: {len(loops)} pseudo-loops, half a batch of them a step")
 
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -90,8 +88,7 @@ def main(argv: list[str]) -> int:
     ########## train, then save the final model and tokenizer beside the checkpoints
     trainer_class, loop_args = Trainer, {}
     if data_args.loop_penalty:
-        counted = note_tokens(tokenizer) if data_args.loop_penalty_on == "notes" else None
-        trainer_class, loop_args = LoopPenaltyTrainer, {"loops": loops, "weight": data_args.loop_penalty, "counted": counted}
+        trainer_class, loop_args = LoopPenaltyTrainer, {"loops": loops, "weight": data_args.loop_penalty}
     trainer = trainer_class(
         model=model,
         args=training_args,

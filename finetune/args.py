@@ -155,13 +155,6 @@ class DataArguments:
             "leave a loop. 0: off."
         },
     )
-    loop_penalty_on: Literal["all", "notes"] = field(
-        default="all",
-        metadata={
-            "help": "Which tokens of a pseudo-loop the loop penalty scores: 'all' of them (DITTO), or 'notes', the "
-            "tokens that write a note's letter, so that a loop's rhythm, bar lines and spaces are left alone."
-        },
-    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training tunes (before packing), for quick runs."}
     )

@@ -149,23 +149,18 @@ def pseudo_loop_rows(
     )
 
 
-def loop_penalty(
-    logits: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, periods: torch.Tensor, counted: torch.Tensor | None = None
-) -> torch.Tensor:
+def loop_penalty(logits: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, periods: torch.Tensor) -> torch.Tensor:
     """DITTO's loss over pseudo-loop rows: at every token of copy LOOP_REPEATS + 1 on, -log(1 - |p - LOOP_DECAY x
     p_before|), where p is the probability the model gives the token and p_before, held fixed, the one it gave the
-    same token a copy before; the mean over those tokens, or over those whose id `counted` (a bool per token id)
-    marks. 0 where each copy is LOOP_DECAY times as likely as the one before; -log(1 - p / 2) where the model copies
-    without doubt."""
+    same token a copy before; the mean over those tokens. 0 where each copy is LOOP_DECAY times as likely as the
+    one before; -log(1 - p / 2) where the model copies without doubt."""
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
     p = torch.exp(-nll)  # p[:, j]: the probability of token j + 1
     positions = torch.arange(p.shape[1], device=p.device)[None, :]
     scored = positions >= (starts + LOOP_REPEATS * periods - 1)[:, None]
-    if counted is not None:
-        scored &= counted[ids[:, 1:]]
     before = p.gather(1, (positions - periods[:, None]).clamp(min=0)).detach()
     loss = -torch.log((1 - (p - LOOP_DECAY * before).abs()).clamp(min=1e-6))
-    return loss[scored].sum() / scored.sum().clamp(min=1)
+    return loss[scored].mean()
 
 
 class LoopPenaltyTrainer(Trainer):
@@ -175,10 +170,9 @@ class LoopPenaltyTrainer(Trainer):
     labels, so the language-model loss and `num_items_in_batch` stay as they were; evaluation never sees them.
     The mean penalty is logged beside the loss as `loop_penalty`."""
 
-    def __init__(self, *args, loops: datasets.Dataset, weight: float, counted: Sequence[bool] | None = None, **kwargs):
+    def __init__(self, *args, loops: datasets.Dataset, weight: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.loops, self.weight, self.penalties = loops.with_format("torch"), weight, []
-        self.counted = None if counted is None else torch.tensor(counted, dtype=torch.bool)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
@@ -200,8 +194,7 @@ class LoopPenaltyTrainer(Trainer):
         if "cu_seq_lens_q" in inputs:  # flash-attention's boundaries, for the rows as they now are
             inputs.update(packed_kwargs(inputs["position_ids"]))
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        counted = None if self.counted is None else self.counted.to(ids.device)
-        penalty = loop_penalty(outputs.logits[rows:], ids, loops["loop_start"], loops["loop_period"], counted)
+        penalty = loop_penalty(outputs.logits[rows:], ids, loops["loop_start"], loops["loop_period"])
         self.penalties.append(penalty.detach())
         # training_step divides the loss by the accumulation steps unless it counts as scaled for them already
         # (Trainer's rule): the penalty, a mean over this batch's loops, must then be divided here

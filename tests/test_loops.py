@@ -14,7 +14,6 @@ from test_fuzz import ABC_PIECES, mutate
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
 from finetune.abc import header_length
-from finetune.abc.constrain import note_tokens, token_texts
 from finetune.attention import PACKED_SDPA, PackedCollator
 from finetune.loops import (
     LOOP_MAX_TOKENS,
@@ -139,32 +138,12 @@ def test_the_trainer_adds_the_penalty_in_training_only_and_leaves_the_language_m
 def test_a_run_with_the_loop_penalty_logs_it_and_names_it_in_its_plan(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(
-        [TINY_RECIPE, "--loop_penalty", "1.0", "--loop_penalty_on", "notes", "--max_steps", "4", "--logging_steps", "2", "--bf16", "false",
+        [TINY_RECIPE, "--loop_penalty", "1.0", "--max_steps", "4", "--logging_steps", "2", "--bf16", "false",
          "--optim", "adamw_torch", "--output_dir", out], capsys,
     )
     assert code == 0, stderr[-2000:]
-    assert "loop penalty 1, on the notes: " in stdout and "pseudo-loops" in stdout
+    assert "loop penalty 1: " in stdout and "pseudo-loops" in stdout
     logged = [entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
     assert len(logged) == 2 and all(entry["loop_penalty"] > 0 for entry in logged)
     code, _, stderr = run_cli([TINY_RECIPE, "--loop_penalty", "-1", "--output_dir", tmp_path / "bad"], capsys)
     assert code != 0 and "'loop_penalty' must be 0 (off) or a positive weight" in stderr
-
-
-def test_the_penalty_on_notes_scores_only_the_tokens_that_write_a_note():
-    counted = torch.tensor(note_tokens(TOKENIZER))
-    texts = token_texts(TOKENIZER)
-    assert counted[TOKENIZER.convert_tokens_to_ids("A")] and counted[TOKENIZER.convert_tokens_to_ids("g")]
-    assert not any(counted[TOKENIZER.convert_tokens_to_ids(t)] for t in "|2 /z:")
-    assert sum(counted.tolist()) == sum(1 for t in texts if t and t in "ABCDEFGabcdefg")  # characters: 14 notes
-    start, period, copies = 5, 8, 7
-    block = TOKENIZER.convert_tokens_to_ids(list("A2B c2|z"))  # notes at offsets 0, 2, 4
-    ids = torch.tensor([[TOKENIZER.bos_token_id] * start + block * copies])
-    starts, periods = torch.tensor([start]), torch.tensor([period])
-    width = ids.shape[1]
-    for copied_offsets, expected in (((0, 2, 4), True), ((1, 3, 5, 6, 7), False)):
-        # the model copies the tokens at these offsets of each block without doubt, and halves the rest copy by copy
-        chance = [0.9 if j + 1 < start else 0.99 if (j + 1 - start) % period in copied_offsets
-                  else 0.9 * 0.5 ** max(0, (j + 1 - start) // period - LOOP_REPEATS + 1) for j in range(width)]
-        logits = forced_logits(ids, chance, vocabulary=len(TOKENIZER))
-        assert (loop_penalty(logits, ids, starts, periods, counted).item() > 0.1) is expected
-        assert loop_penalty(logits, ids, starts, periods).item() > 0.1  # on all tokens, both are penalised

@@ -206,12 +206,6 @@ def token_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, ...]:
     return tuple(text if text and "\ufffd" not in text else None for text in texts)
 
 
-def note_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, ...]:
-    """For each token id, whether its text writes a note's letter (A-G, a-g): the melody, as against its rhythm,
-    bar lines, spaces and rests."""
-    return tuple(text is not None and any(c in "ABCDEFGabcdefg" for c in text) for text in token_texts(tokenizer))
-
-
 class MetreLogitsProcessor(LogitsProcessor):
     """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
 
