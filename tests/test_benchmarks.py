@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 EXPECTED = [
     "peak matmul fp32", "peak matmul bf16", "tiny: train tokens/s, ours vs run_clm",
-    "tiny: train tokens/s, ours vs dense-mask packing", "tiny: attention share of a step, ours vs dense mask",
+    "tiny: train tokens/s, ours vs dense-mask packing", "tiny: train tokens/s, loop penalty 0.1 vs none",
+    "tiny: attention share of a step, ours vs dense mask",
     "tiny: MFU (of measured peak, same precision)", "padding share, packed vs pad-to-longest",
     "optimizer state, adamw_8bit vs adamw_torch", "peak RSS of a 3-step run, adamw_8bit vs adamw_torch",
     "data prepare+tokenize+pack, warm vs cold", "eval tokens/s vs train tokens/s",
