@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
     if data_args.transpose_train:
         notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
     if data_args.loop_penalty:
-        notes.append(f"loop penalty {data_args.loop_penalty:g}: {len(loops)} pseudo-loops, half a batch of them a step")
+        rows = {0: "half a batch", 1: "one row"}.get(data_args.loop_penalty_rows, f"{data_args.loop_penalty_rows} rows")
+        notes.append(f"loop penalty {data_args.loop_penalty:g}: {len(loops)} pseudo-loops, {rows} of them a step")
 
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -88,7 +89,8 @@ def main(argv: list[str]) -> int:
     ########## train, then save the final model and tokenizer beside the checkpoints
     trainer_class, loop_args = Trainer, {}
     if data_args.loop_penalty:
-        trainer_class, loop_args = LoopPenaltyTrainer, {"loops": loops, "weight": data_args.loop_penalty}
+        trainer_class = LoopPenaltyTrainer
+        loop_args = {"loops": loops, "weight": data_args.loop_penalty, "rows": data_args.loop_penalty_rows}
     trainer = trainer_class(
         model=model,
         args=training_args,

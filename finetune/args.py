@@ -150,9 +150,16 @@ class DataArguments:
         default=0.0,
         metadata={
             "help": "Weight of the loop penalty (finetune/loops.py, after DITTO): each training batch also holds "
-            "half as many pseudo-loops, a line or bar of a training tune written again and again, and from their "
-            "4th copy on the model is taught to halve the probability of each further copy, so that its own tunes "
-            "leave a loop. 0: off."
+            "pseudo-loops (loop_penalty_rows), a line or bar of a training tune written again and again, and from "
+            "their 4th copy on the model is taught to halve the probability of each further copy, so that its own "
+            "tunes leave a loop. 0: off."
+        },
+    )
+    loop_penalty_rows: int = field(
+        default=0,
+        metadata={
+            "help": "How many pseudo-loop rows join each training batch under the loop penalty. Each row costs about "
+            "what a training row costs. 0: half as many as the batch has rows (at least one)."
         },
     )
     max_train_samples: int | None = field(

@@ -164,15 +164,15 @@ def loop_penalty(logits: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, 
 
 
 class LoopPenaltyTrainer(Trainer):
-    """`Trainer` whose training loss adds `weight` x `loop_penalty` over pseudo-loop rows, half as many as the batch
-    has rows (at least one), drawn for each batch from `loops` (a `pseudo_loops` dataset) by the run's seed and the
-    batch itself, so that a resumed run draws the same ones. They run in the batch's own forward pass with no
+    """`Trainer` whose training loss adds `weight` x `loop_penalty` over `rows` pseudo-loop rows (0: half as many as
+    the batch has rows, at least one), drawn for each batch from `loops` (a `pseudo_loops` dataset) by the run's seed
+    and the batch itself, so that a resumed run draws the same ones. They run in the batch's own forward pass with no
     labels, so the language-model loss and `num_items_in_batch` stay as they were; evaluation never sees them.
     The mean penalty is logged beside the loss as `loop_penalty`."""
 
-    def __init__(self, *args, loops: datasets.Dataset, weight: float, **kwargs):
+    def __init__(self, *args, loops: datasets.Dataset, weight: float, rows: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loops, self.weight, self.penalties = loops.with_format("torch"), weight, []
+        self.loops, self.weight, self.rows, self.penalties = loops.with_format("torch"), weight, rows, []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
@@ -180,7 +180,7 @@ class LoopPenaltyTrainer(Trainer):
         rows, width = inputs["input_ids"].shape
         first_row = inputs["input_ids"][0].cpu().numpy().tobytes()
         drawn = np.random.default_rng([self.args.seed, zlib.crc32(first_row)]).choice(
-            len(self.loops), min(len(self.loops), max(1, rows // 2)), replace=False
+            len(self.loops), min(len(self.loops), self.rows or max(1, rows // 2)), replace=False
         )
         loops = {k: v.to(inputs["input_ids"].device) for k, v in self.loops[drawn].items()}
         ids = loops["loop_ids"][:, :width]

@@ -259,6 +259,10 @@ def _value_problems(ns: dict) -> list[str]:
     elif ns["loop_penalty"] and ns["streaming"]:
         problems.append("'loop_penalty' draws its pseudo-loops from the whole training split, which 'streaming' "
                         "never holds; set 'loop_penalty' to 0, or turn 'streaming' off")
+    if ns["loop_penalty_rows"] < 0:
+        problems.append(
+            f"'loop_penalty_rows' must be 0 (half the batch) or a number of rows, got {ns['loop_penalty_rows']}"
+        )
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (

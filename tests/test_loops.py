@@ -133,17 +133,24 @@ def test_the_trainer_adds_the_penalty_in_training_only_and_leaves_the_language_m
     # the language-model loss here is normalised over the accumulated batch, so the penalty is divided as well
     assert total - loss(plain) == pytest.approx(1000.0 * penalty / accumulation, rel=1e-3)
     assert loss(trainers[1000.0], training=False) == pytest.approx(loss(plain, training=False), rel=1e-6)
+    for rows, expected in ((0, 2), (1, 1), (3, 3)):  # 0: half the batch's 4 rows
+        trainer = LoopPenaltyTrainer(model=model, args=args, loops=loops, weight=1.0, rows=rows)
+        with torch.no_grad():
+            _, outputs = trainer.compute_loss(model.train(), dict(batch), return_outputs=True, num_items_in_batch=items)
+        assert outputs.logits.shape[0] == len(batch["input_ids"]) + expected
 
 
 def test_a_run_with_the_loop_penalty_logs_it_and_names_it_in_its_plan(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(
-        [TINY_RECIPE, "--loop_penalty", "1.0", "--max_steps", "4", "--logging_steps", "2", "--bf16", "false",
-         "--optim", "adamw_torch", "--output_dir", out], capsys,
+        [TINY_RECIPE, "--loop_penalty", "1.0", "--loop_penalty_rows", "1", "--max_steps", "4", "--logging_steps", "2",
+         "--bf16", "false", "--optim", "adamw_torch", "--output_dir", out], capsys,
     )
     assert code == 0, stderr[-2000:]
-    assert "loop penalty 1: " in stdout and "pseudo-loops" in stdout
+    assert "loop penalty 1: " in stdout and "pseudo-loops, one row of them a step" in stdout
     logged = [entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
     assert len(logged) == 2 and all(entry["loop_penalty"] > 0 for entry in logged)
     code, _, stderr = run_cli([TINY_RECIPE, "--loop_penalty", "-1", "--output_dir", tmp_path / "bad"], capsys)
     assert code != 0 and "'loop_penalty' must be 0 (off) or a positive weight" in stderr
+    code, _, stderr = run_cli([TINY_RECIPE, "--loop_penalty_rows", "-2", "--output_dir", tmp_path / "bad"], capsys)
+    assert code != 0 and "'loop_penalty_rows' must be 0 (half the batch) or a number of rows, got -2" in stderr
