@@ -263,6 +263,9 @@ def _value_problems(ns: dict) -> list[str]:
         problems.append(
             f"'loop_penalty_rows' must be 0 (half the batch) or a number of rows, got {ns['loop_penalty_rows']}"
         )
+    elif ns["loop_penalty_rows"] and not ns["loop_penalty"]:
+        problems.append("'loop_penalty_rows' sizes the loop penalty, which is off: set 'loop_penalty' to a weight "
+                        "such as 0.1, or drop 'loop_penalty_rows'")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (
