@@ -70,6 +70,8 @@ def main(argv: list[str]) -> int:
     if data_args.loop_penalty:
         rows = {0: "half a batch", 1: "one row"}.get(data_args.loop_penalty_rows, f"{data_args.loop_penalty_rows} rows")
         notes.append(f"loop penalty {data_args.loop_penalty:g}: {len(loops)} pseudo-loops, {rows} of them a step")
+    elif data_args.loop_penalty_rows:  # e.g. `--loop_penalty 0` over a recipe that sets both
+        notes.append(f"loop penalty off: loop_penalty_rows {data_args.loop_penalty_rows} unused")
 
     ########## model and plan
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32

@@ -20,14 +20,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/music_abc_cpu.json"
-# The recipes before the one of 4k tokens a step for 4000 steps: 16k tokens a step for 1000 steps (the variants
-# named "16k, ..." were measured over it) and, on 2026-11-27, 8k tokens a step for 2000.
-SIXTEEN_K = ["--gradient_accumulation_steps", "4", "--warmup_steps", "50"]
-EIGHT_K = ["--gradient_accumulation_steps", "2", "--warmup_steps", "100"]
+# The recipes before this one. Until 2026-12-06: fp32 with no loop penalty (FP32_NO_PENALTY), 4k tokens a step for
+# 4000 steps; before that 16k tokens a step for 1000 steps (the variants named "16k, ..." were measured over it)
+# and, on 2026-11-27, 8k tokens a step for 2000.
+FP32_NO_PENALTY = ["--bf16", "false", "--loop_penalty", "0"]
+SIXTEEN_K = FP32_NO_PENALTY + ["--gradient_accumulation_steps", "4", "--warmup_steps", "50"]
+EIGHT_K = FP32_NO_PENALTY + ["--gradient_accumulation_steps", "2", "--warmup_steps", "100"]
 # name -> flags over the recipe. The first is the recipe as it stands.
 VARIANTS = {
     "recipe": [],
-    "balance_metres 150": ["--balance_metres", "150"],
+    "fp32, no loop penalty": FP32_NO_PENALTY,
+    "balance_metres 150": FP32_NO_PENALTY + ["--balance_metres", "150"],
     "8k tokens a step": EIGHT_K,
     "16k tokens a step": SIXTEEN_K,
     "16k, lr2e-3": SIXTEEN_K + ["--learning_rate", "2e-3"],

@@ -7,6 +7,7 @@ problem is collected and reported together, before a model, a dataset or the out
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from .args import BUILTIN_DATASET, DataArguments, ModelArguments, RunArguments
 from .errors import UserError
@@ -28,6 +30,8 @@ from .run_dir import existing_ancestor
 
 RECIPE_DATACLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 DATA_SUFFIXES = (".abc", ".txt", ".jsonl", ".json", ".csv", ".parquet")
+# `"bf16": "auto"`: bf16 where the hardware runs it natively, fp32 elsewhere (as in DeepSpeed's configs); see _native_bf16.
+BF16_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -39,6 +43,13 @@ class ParsedRecipe:
     # The recipe after `extends` and flags: only the keys that were set, so it can be run again as is.
     resolved: dict[str, Any]
     notes: list[str]
+
+
+def _bool_or_auto(text: str) -> bool | str:
+    try:
+        return BF16_AUTO if text == BF16_AUTO else string_to_bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f'got {text!r}, expected true, false or "{BF16_AUTO}"') from None
 
 
 def _json_object(text: str) -> dict:
@@ -78,6 +89,7 @@ class RecipeParser(CliParser):
         for action in self._actions:
             if action.type is dict or typing.get_origin(action.type) is dict:
                 action.type = _json_object
+        self._option_string_actions["--bf16"].type = _bool_or_auto
 
     @property
     def field_types(self) -> dict[str, Any]:
@@ -193,7 +205,10 @@ def _recipe_problems(recipe: dict, field_types: dict) -> tuple[dict, list[str]]:
     for key, value in recipe.items():
         if key not in field_types:
             problems.append(f"unknown key '{key}'{_did_you_mean(key, field_types)}")
+        elif key == "bf16" and value == BF16_AUTO:
+            good[key] = value
         elif problem := type_problem(value, field_types[key]):
+            problem = f'expected true, false or "{BF16_AUTO}"' if key == "bf16" else problem
             problems.append(f"'{key}': got {_describe(value)}, {problem}")
         else:
             good[key] = value
@@ -263,9 +278,6 @@ def _value_problems(ns: dict) -> list[str]:
         problems.append(
             f"'loop_penalty_rows' must be 0 (half the batch) or a number of rows, got {ns['loop_penalty_rows']}"
         )
-    elif ns["loop_penalty_rows"] and not ns["loop_penalty"]:
-        problems.append("'loop_penalty_rows' sizes the loop penalty, which is off: set 'loop_penalty' to a weight "
-                        "such as 0.1, or drop 'loop_penalty_rows'")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (
@@ -360,22 +372,49 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 on this CPU (AVX512-BF16 or AMX natively, other AVX-512 cores too), where bf16
+    autocast trains faster than fp32; with AVX2 alone bf16 is emulated, about 100x slower."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _native_bf16(ns: dict) -> tuple[bool, str]:
+    """Whether the run's device computes in bf16 natively, and why, for `"bf16": "auto"`."""
+    if _on_cuda(ns):
+        name = torch.cuda.get_device_name()
+        return (True, f"{name} has bf16") if torch.cuda.is_bf16_supported() else (False, f"{name} has no bf16")
+    if _has_accelerator() and not ns["use_cpu"]:
+        return False, "not chosen on this accelerator ('bf16': true asks for it)"
+    if cpu_has_native_bf16():
+        return True, "this CPU has native bf16 (AVX512-BF16/AMX)"
+    return False, "this CPU would emulate bf16 (no AVX512-BF16/AMX), far slower than fp32"
+
+
 def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
     """On a machine without an accelerator, train on the CPU: `use_cpu` is what makes accelerate form a
     gloo process group under `accelerate launch --multi_gpu` / torchrun, and what lets bf16 run as CPU
-    autocast. On a GPU without bf16, refuse bf16 here rather than mid-run."""
+    autocast. `"bf16": "auto"` becomes true or false for this machine. On a GPU without bf16, refuse bf16
+    here rather than mid-run."""
+    notes = []
     if not _has_accelerator():
         ns["use_cpu"] = True
+    if ns["bf16"] == BF16_AUTO:
+        if ns["fp16"]:
+            ns["bf16"] = False  # one problem, not also "both true"
+            return [], [f"'bf16' \"{BF16_AUTO}\" with 'fp16' true; keep one (set 'bf16' false for fp16)"]
+        ns["bf16"], why = _native_bf16(ns)
+        notes.append(f"bf16 \"{BF16_AUTO}\": {'bf16' if ns['bf16'] else 'fp32'}, {why}")
+    if not _has_accelerator():
         if not ns["bf16"]:
-            return [], []
+            return notes, []
         note = "no GPU found: training on the CPU with bf16 autocast"
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if not cpu_has_native_bf16():
             note += "; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 runs far slower than fp32 (--bf16 false)"
-        return [note], []
+        return [*notes, note], []
     if ns["bf16"] and _on_cuda(ns) and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name()
-        return [], [f"'bf16' is not supported by {name} (it needs an Ampere or newer GPU); use --bf16 false --fp16 true"]
-    return [], []
+        return notes, [f"'bf16' is not supported by {name} (it needs an Ampere or newer GPU); use --bf16 false --fp16 true"]
+    return notes, []
 
 
 def parse_recipe(argv: list[str]) -> ParsedRecipe:
@@ -399,6 +438,7 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
     for key in given:  # a JSON-object flag merges into the recipe's object, as `extends` does
         if isinstance(ns[key], dict) and isinstance(good.get(key), dict):
             ns[key] = merge_recipes(good[key], ns[key])
+    flagged = {key: ns[key] for key in given}  # as asked, before this machine resolves any (`"bf16": "auto"`)
     notes, device_problems = _device_notes(ns)
     notes += _reporting_notes(ns)
     problems = _value_problems(ns) + device_problems
@@ -411,7 +451,7 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
             outputs.append(dtype(**{k: v for k, v in ns.items() if k in names}))
         except (ValueError, TypeError) as e:
             raise UserError(_join(recipe_path, [" ".join(str(e).split())])) from None
-    resolved = {**recipe, **{key: ns[key] for key in given}}
+    resolved = {**recipe, **flagged}
     return ParsedRecipe(*outputs, resolved=resolved, notes=notes)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_RECIPE, run_cli
@@ -10,6 +11,7 @@ from finetune.errors import UserError
 from finetune.recipe import parse_recipe, read_recipe
 
 RECIPES = sorted((REPO / "recipes").glob("*.json"))
+CPU_RECIPE = REPO / "recipes" / "music_abc_cpu.json"
 
 DOCUMENTED = {
     "seed": 3407,
@@ -80,7 +82,9 @@ BASE = str(REPO / "recipes" / "music_abc.json")
 BAD_RECIPES = {
     "unknown key": ({"extends": BASE, "learning_rat": 1e-4}, "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
     "wrong type": ({"extends": BASE, "learning_rate": "fast"}, "'learning_rate': got \"fast\", expected a number"),
-    "bool as string": ({"extends": BASE, "bf16": "yes"}, "'bf16': got \"yes\", expected true or false"),
+    "bool as string": ({"extends": BASE, "use_peft": "yes"}, "'use_peft': got \"yes\", expected true or false"),
+    "bf16 string": ({"extends": BASE, "bf16": "yes"}, "'bf16': got \"yes\", expected true, false or \"auto\""),
+    "bf16 auto and fp16": ({"extends": BASE, "bf16": "auto", "fp16": True}, "'bf16' \"auto\" with 'fp16' true; keep one"),
     "float batch": ({"extends": BASE, "per_device_train_batch_size": 2.5}, "expected an integer"),
     "bad choice": ({"extends": BASE, "lr_scheduler_type": "linearr"}, "did you mean \"linear\"?"),
     "bad optimizer": ({"extends": BASE, "optim": "adamw_9bit"}, "did you mean \"adamw_8bit\"?"),
@@ -200,3 +204,27 @@ def test_8bit_adamw_is_probed_before_training(monkeypatch):
     monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
     with pytest.raises(UserError, match=r"'optim' adamw_8bit cannot run here \(RuntimeError: no kernels"):
         parse_recipe([str(REPO / "recipes" / "music_abc.json")])
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["avx512-bf16", "avx2"])
+def test_bf16_auto_is_bf16_where_the_cpu_has_it(native, monkeypatch, capsys):
+    """`"bf16": "auto"` trains in bf16 on a CPU with native bf16 and in fp32 on one that would emulate it; the
+    run's recipe keeps "auto", so it resolves again wherever it is run. Both kinds are forced here, and the
+    machine's own answer is checked against the CPU's flags."""
+    from finetune import recipe
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert recipe.cpu_has_native_bf16()
+    elif " avx2" in flags and " avx512" not in flags:  # our other kind: AVX2 only
+        assert not recipe.cpu_has_native_bf16()
+    monkeypatch.setattr(recipe, "cpu_has_native_bf16", lambda: native)
+    for argv in ([str(CPU_RECIPE)], [str(TINY_RECIPE), "--bf16", "auto"]):  # from the file, from a flag
+        parsed = parse_recipe(argv)
+        assert parsed.training_args.bf16 is native and parsed.resolved["bf16"] == "auto"
+        assert f'bf16 "auto": {"bf16" if native else "fp32"}' in " ".join(parsed.notes)
+    code, stdout, _ = run_cli([CPU_RECIPE, "--dry_run"], capsys)
+    assert code == 0 and f"precision        {'bf16' if native else 'fp32'} on cpu" in stdout
+    assert parse_recipe([str(CPU_RECIPE), "--bf16", "false"]).training_args.bf16 is False  # a plain value stays
+    code, _, stderr = run_cli([CPU_RECIPE, "--bf16", "sometimes"], capsys)
+    assert code == 2 and "expected true, false or \"auto\"" in stderr and stderr.count("\n") == 1
