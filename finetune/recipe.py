@@ -373,9 +373,9 @@ def _has_accelerator() -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN computes bf16 on this CPU (AVX512-BF16 or AMX natively, other AVX-512 cores too), where bf16
-    autocast trains faster than fp32; with AVX2 alone bf16 is emulated, about 100x slower."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast trains faster than fp32;
+    with AVX2 alone bf16 is emulated, about 100x slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def _native_bf16(ns: dict) -> tuple[bool, str]:
