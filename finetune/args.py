@@ -159,7 +159,7 @@ class DataArguments:
         default=0,
         metadata={
             "help": "How many pseudo-loop rows join each training batch under the loop penalty. Each row costs about "
-            "what a training row costs. 0: half as many as the batch has rows (at least one)."
+            "what a training row costs. 0: half as many as the batch has rows (at least one). Unused while loop_penalty is 0."
         },
     )
     max_train_samples: int | None = field(
