@@ -395,8 +395,8 @@ def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
     gloo process group under `accelerate launch --multi_gpu` / torchrun, and what lets bf16 run as CPU
     autocast. `"bf16": "auto"` becomes true or false for this machine. On a GPU without bf16, refuse bf16
     here rather than mid-run."""
-    notes = []
-    if not _has_accelerator():
+    notes, no_accelerator = [], not _has_accelerator()
+    if no_accelerator:
         ns["use_cpu"] = True
     if ns["bf16"] == BF16_AUTO:
         if ns["fp16"]:
@@ -404,7 +404,7 @@ def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
             return [], [f"'bf16' \"{BF16_AUTO}\" with 'fp16' true; keep one (set 'bf16' false for fp16)"]
         ns["bf16"], why = _native_bf16(ns)
         notes.append(f"bf16 \"{BF16_AUTO}\": {'bf16' if ns['bf16'] else 'fp32'}, {why}")
-    if not _has_accelerator():
+    if no_accelerator:
         if not ns["bf16"]:
             return notes, []
         note = "no GPU found: training on the CPU with bf16 autocast"
