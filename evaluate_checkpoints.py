@@ -49,7 +49,7 @@ from finetune.model import context_length, has_tokenizer, is_model_dir, load_che
 from finetune.packing import tokenize_and_pack
 from finetune.recipe import CliParser
 from finetune.report import TUNE_KINDS, chosen_steps, parse_steps, samples_folder, write_report
-from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step
+from finetune.run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
 from finetune.sampling import (
     Sample,
     SampleArguments,
@@ -106,10 +106,9 @@ def find_checkpoints(run_dir: str) -> list[Checkpoint]:
 
 def read_run(run_dir: str) -> tuple[DataArguments, dict]:
     """The data arguments the run trained with, and its whole resolved recipe."""
-    path = Path(run_dir) / RECIPE_FILE
-    if not Path(run_dir).is_dir() or not path.is_file():
+    resolved = saved_recipe(run_dir) if Path(run_dir).is_dir() else None
+    if resolved is None:
         raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
-    resolved = json.loads(path.read_text())
     (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(resolved, allow_extra_keys=True)
     return data_args, resolved
 
@@ -247,6 +246,7 @@ def main(argv: list[str]) -> int:
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
+    sample_args = sample_args.settled(resolved.get("sampling"))  # flags, else the recipe's, else the defaults
     checkpoints = find_checkpoints(rest.run_dir)
     if command.steps:
         wanted = parse_steps(command.steps)

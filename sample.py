@@ -3,7 +3,8 @@
     python sample.py runs/music_abc_quick --prompt "M:6/8\\nL:1/8\\nK:D" --num_samples 4
     python sample.py runs/music_abc_quick/checkpoint-150 --temperature 1.0 --top_k 0 --top_p 0.9 --out tunes/
 
-Defaults are the field's settings for character-level ABC models (finetune/sampling.py says whose).
+Sampling settings not given as flags are the run's recipe's (its "sampling" key), else the field's settings for
+character-level ABC models (finetune/sampling.py says whose).
 Without --prompt every tune starts from the bare start-of-tune token, so the model picks its own header.
 """
 
@@ -16,9 +17,11 @@ from pathlib import Path
 from accelerate import PartialState
 
 from finetune.abc.check import check_tunes
+from finetune.args import SAMPLING_DEFAULTS
 from finetune.errors import run_command
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
+from finetune.run_dir import run_recipe
 from finetune.sampling import SampleArguments, generate_tunes, parse_prompt, write_samples
 
 
@@ -32,6 +35,8 @@ def main(argv: list[str]) -> int:
     parser = CliParser((SampleCommand, SampleArguments), prog="sample.py", usage="sample.py CHECKPOINT [--prompt ...] [--num_samples N] ...")
     parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir (its final model)")
     command, sample_args, rest = parser.parse_command_line(argv)
+    recipe = run_recipe(rest.checkpoint) or {}
+    sample_args = sample_args.settled(recipe.get("sampling"))  # flags, else the run's recipe's, else the defaults
     model, tokenizer = load_checkpoint(rest.checkpoint)
     model.to(PartialState().device)  # the GPU where there is one (accelerate's choice of device, as Trainer's)
     prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
@@ -44,7 +49,8 @@ def main(argv: list[str]) -> int:
         ending = "" if record["ended"] else ", truncated"
         print(f"--- {out / record['abc']} ({check['checker']}: {verdict}{ending})")
         print(record["text"].rstrip())
-    print(f"Wrote {len(records)} tunes to {out} (.abc, .mid where music21 could read them, samples.jsonl)")
+    settings = ", ".join(f"{k} {getattr(sample_args, k)}" for k in SAMPLING_DEFAULTS)
+    print(f"Wrote {len(records)} tunes to {out} (.abc, .mid where music21 could read them, samples.jsonl); sampled at {settings}")
     return 0
 
 

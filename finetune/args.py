@@ -11,6 +11,9 @@ from typing import Any, Literal
 from .abc import DEFAULT_KEEP_FIELDS
 
 BUILTIN_DATASET = "music21"
+# How tunes are sampled unless the recipe's `sampling` or a flag says otherwise: TunesFormer's and NotaGen's settings
+# for character-level ABC decoders (min_p 0: off).
+SAMPLING_DEFAULTS = {"temperature": 1.2, "top_k": 8, "top_p": 0.8, "min_p": 0.0}
 
 
 @dataclass
@@ -25,6 +28,15 @@ class ModelArguments:
             "help": "Config of a new model when model_name_or_path is unset: `model_type` plus that config's fields, "
             "e.g. {\"model_type\": \"llama\", \"hidden_size\": 256}. vocab_size and special token ids come from "
             "the tokenizer. On the command line, a JSON object merged into the recipe's."
+        },
+    )
+    sampling: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "How the run's model samples, over the field's defaults ("
+            + ", ".join(f"{k} {v}" for k, v in SAMPLING_DEFAULTS.items())
+            + "): sample.py and evaluate_checkpoints.py take these for the run's checkpoints unless flags say "
+            "otherwise, e.g. {\"temperature\": 1.0}. Training ignores them."
         },
     )
     tokenizer_name_or_path: str | None = field(

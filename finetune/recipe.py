@@ -27,6 +27,7 @@ from transformers.hf_argparser import string_to_bool
 from .args import BUILTIN_DATASET, DataArguments, ModelArguments, RunArguments
 from .errors import UserError
 from .run_dir import existing_ancestor
+from .sampling import sampling_problems
 
 RECIPE_DATACLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 DATA_SUFFIXES = (".abc", ".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -278,6 +279,8 @@ def _value_problems(ns: dict) -> list[str]:
         problems.append(
             f"'loop_penalty_rows' must be 0 (half the batch) or a number of rows, got {ns['loop_penalty_rows']}"
         )
+    if found := sampling_problems(ns["sampling"]):
+        problems.append(f"'sampling': {'; '.join(found)}")
     if ns["tokenizer_merges"] < 0:
         problems.append(f"'tokenizer_merges' must be 0 (character level) or more, got {ns['tokenizer_merges']}")
     elif ns["tokenizer_merges"] and (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from .errors import UserError
 
@@ -31,7 +31,7 @@ RESUMABLE_CHANGES = frozenset(
         "max_steps", "num_train_epochs", "output_dir", "dry_run", "allow_recipe_change", "resume_from_checkpoint",
         "logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name", "disable_tqdm",
         "save_steps", "save_strategy", "save_total_limit", "eval_steps", "eval_strategy", "eval_on_start",
-        "per_device_eval_batch_size", "dataloader_num_workers", "preprocessing_num_workers",
+        "per_device_eval_batch_size", "dataloader_num_workers", "preprocessing_num_workers", "sampling",
     }
 )
 
@@ -56,6 +56,28 @@ def global_step(folder: str) -> int | None:
         return None
     with open(path) as f:
         return json.load(f).get("global_step")
+
+
+def saved_recipe(output_dir: str) -> dict | None:
+    """The resolved recipe a run saved in `output_dir`, or None where there is none."""
+    recipe_file = Path(output_dir) / RECIPE_FILE
+    if not recipe_file.is_file():
+        return None
+    try:
+        recipe = json.loads(recipe_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{recipe_file} is not valid JSON ({e}); restore it, or run the recipe again") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{recipe_file} holds no JSON object; restore it, or run the recipe again")
+    return recipe
+
+
+def run_recipe(path: str) -> dict | None:
+    """The recipe of the run whose output_dir or checkpoint `path` is; None for a model saved anywhere else (a hub
+    model, a merged one)."""
+    folder = Path(path)
+    is_checkpoint = folder.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+    return saved_recipe(folder) or (saved_recipe(folder.parent) if is_checkpoint else None)
 
 
 def recipe_changes(old: dict, new: dict) -> list[str]:

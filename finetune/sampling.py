@@ -1,8 +1,9 @@
 """Generate tunes from a checkpoint with the KV cache, and write them as .abc and .mid files.
 
-Default sampling settings are TunesFormer's and NotaGen's for character-level ABC decoders (temperature
-1.2, top_k 8, top_p 0.8). Other settings reported in the field: top_p 0.9 at temperature 1.0
-(Text-to-Music); temperature 0.2, top_k 40, top_p 0.9 (ChatMusician, a 7B text model).
+Sampling settings come from the flags, else from the run's recipe (its `sampling` key), else SAMPLING_DEFAULTS:
+TunesFormer's and NotaGen's for character-level ABC decoders (temperature 1.2, top_k 8, top_p 0.8). Other
+settings reported in the field: top_p 0.9 at temperature 1.0 (Text-to-Music); temperature 0.2, top_k 40, top_p 0.9
+(ChatMusician, a 7B text model).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,7 @@ from transformers import (
 from .abc import header_length
 from .abc.check import run_abc2midi
 from .abc.constrain import MetreLogitsProcessor
+from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
 from .loops import LOOP_MIN_TOKENS, LOOP_REPEATS, LoopLimitLogitsProcessor
@@ -46,17 +48,28 @@ PROMPT_FIELDS = "MLK"
 CONDITIONING_FIELDS = "RT"
 # music21 turns a real tune into MIDI in well under a second.
 MIDI_SECONDS = 10.0
+_FROM_RECIPE = "Default: the run's recipe's ('sampling'), else"
 
 
 @dataclass
 class SampleArguments:
     num_samples: int = field(default=8, metadata={"help": "How many tunes to generate."})
-    temperature: float = field(default=1.2, metadata={"help": "Softmax temperature (TunesFormer, NotaGen: 1.2)."})
-    top_k: int = field(default=8, metadata={"help": "Sample among the k likeliest tokens; 0 turns it off (TunesFormer: 8)."})
-    top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling mass; 1.0 turns it off (TunesFormer: 0.8)."})
-    min_p: float = field(
-        default=0.0,
-        metadata={"help": "Drop tokens less likely than this share of the likeliest one (after top-k and top-p); 0 turns it off."},
+    # The four settings of how to sample: unset (None), each comes from the run's recipe, else SAMPLING_DEFAULTS
+    # (`settled`), so that a recipe can say how its model samples best.
+    temperature: float | None = field(
+        default=None, metadata={"help": f"Softmax temperature. {_FROM_RECIPE} {SAMPLING_DEFAULTS['temperature']} (TunesFormer, NotaGen)."}
+    )
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": f"Sample among the k likeliest tokens; 0 turns it off. {_FROM_RECIPE} {SAMPLING_DEFAULTS['top_k']} (TunesFormer)."},
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": f"Nucleus sampling mass; 1.0 turns it off. {_FROM_RECIPE} {SAMPLING_DEFAULTS['top_p']} (TunesFormer)."}
+    )
+    min_p: float | None = field(
+        default=None,
+        metadata={"help": "Drop tokens less likely than this share of the likeliest one (after top-k and top-p); 0 "
+                  f"turns it off. {_FROM_RECIPE} {SAMPLING_DEFAULTS['min_p']}."},
     )
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "Token budget per tune after the prompt; default: the rest of the model's context."}
@@ -87,15 +100,7 @@ class SampleArguments:
         found = []
         if self.num_samples < 1:
             found.append(f"num_samples must be at least 1, not {self.num_samples}")
-        # Chained comparisons refuse NaN too, which fails every comparison.
-        if not 0 < self.temperature < math.inf:
-            found.append(f"temperature must be a number above 0, not {self.temperature}")
-        if self.top_k < 0:
-            found.append(f"top_k must be 0 (off) or more, not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            found.append(f"top_p must be in (0, 1], not {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            found.append(f"min_p must be in [0, 1), not {self.min_p}")
+        found += sampling_problems({k: getattr(self, k) for k in SAMPLING_DEFAULTS if getattr(self, k) is not None})
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             found.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.max_repeats < 0 or self.max_repeats == 1:
@@ -104,6 +109,37 @@ class SampleArguments:
             found.append(f"batch_size must be at least 1, not {self.batch_size}")
         if found:
             raise UserError("; ".join(found))
+
+    def settled(self, recipe_sampling: dict | None = None) -> SampleArguments:
+        """These arguments with each unset sampling setting taken from a recipe's `sampling`, else SAMPLING_DEFAULTS."""
+        if problems := sampling_problems(recipe_sampling or {}):
+            raise UserError(f"the run's recipe, 'sampling': {'; '.join(problems)}; fix it in its recipe.json")
+        chosen = {**SAMPLING_DEFAULTS, **(recipe_sampling or {})}
+        return replace(self, **{k: v for k, v in chosen.items() if getattr(self, k) is None})
+
+
+def sampling_problems(settings: dict) -> list[str]:
+    """What is wrong with `settings`, a dict of some of SAMPLING_DEFAULTS' keys (a recipe's `sampling`, or flags)."""
+    found = [f"unknown setting '{k}' (the settings: {', '.join(SAMPLING_DEFAULTS)})" for k in settings if k not in SAMPLING_DEFAULTS]
+    numbers = {}
+    for key, value in settings.items():
+        kind = int if key == "top_k" else (int, float)
+        if key not in SAMPLING_DEFAULTS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            found.append(f"{key} must be {'a whole number' if key == 'top_k' else 'a number'}, not {value!r}")
+        else:
+            numbers[key] = value
+    # Chained comparisons refuse NaN too, which fails every comparison.
+    if "temperature" in numbers and not 0 < numbers["temperature"] < math.inf:
+        found.append(f"temperature must be a number above 0, not {numbers['temperature']}")
+    if "top_k" in numbers and numbers["top_k"] < 0:
+        found.append(f"top_k must be 0 (off) or more, not {numbers['top_k']}")
+    if "top_p" in numbers and not 0 < numbers["top_p"] <= 1:
+        found.append(f"top_p must be in (0, 1], not {numbers['top_p']}")
+    if "min_p" in numbers and not 0 <= numbers["min_p"] < 1:
+        found.append(f"min_p must be in [0, 1), not {numbers['min_p']}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -151,7 +187,9 @@ def generate_tunes(
 ) -> list[Sample]:
     """One sample per prompt, in order, with the KV cache on (generate's default); the seed makes the whole call
     repeatable on one kind of device. Batches follow `args.batching` (see prompt_batches); each row has its own
-    budget, the rest of the context after its prompt or `max_new_tokens`, whichever prompts share its batch."""
+    budget, the rest of the context after its prompt or `max_new_tokens`, whichever prompts share its batch.
+    Sampling settings still unset (see `SampleArguments.settled`) are SAMPLING_DEFAULTS."""
+    args = args.settled()
     set_seed(args.seed)
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
     context = context_length(model.config)

@@ -278,6 +278,39 @@ def test_sample_py_writes_abc_and_midi_and_repeats_with_the_same_seed(run_dir, t
     assert "M:6/8" in result.stdout and "Wrote 3 tunes" in result.stdout
 
 
+def test_a_run_samples_as_its_recipe_says_unless_a_flag_says_otherwise(run_dir, tmp_path, capsys):
+    """A recipe's `sampling` reaches sample.py, for the run and for its checkpoints, and evaluate_checkpoints.py; a
+    flag wins over it. top_k 1 in the recipe makes every seed write the same tune; the defaults (top_k 8) do not."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("eval", "samples"))
+
+    def tunes(model, *flags):
+        out = tmp_path / f"tunes{len(list(tmp_path.glob('tunes*')))}"
+        code, stdout, stderr = run_cli([model, "--prompt", "M:6/8\\nL:1/8\\nK:D", "--num_samples", "2", "--max_new_tokens",
+                                        "40", "--out", out, *flags], capsys, "sample")
+        assert code == 0, stderr[-2000:]
+        printed.append(stdout.splitlines()[-1])  # "Wrote 2 tunes to ...; sampled at temperature ..."
+        return [p.read_text() for p in sorted(out.glob("*.abc"))]
+
+    printed = []
+    assert tunes(run, "--seed", "1") != tunes(run, "--seed", "2")  # the defaults sample
+    recipe = json.loads((run / "recipe.json").read_text())
+    (run / "recipe.json").write_text(json.dumps({**recipe, "sampling": {"top_k": 1}}))
+    for model in (run, run / "checkpoint-6"):  # a checkpoint samples as its run's recipe says
+        assert tunes(model, "--seed", "1") == tunes(model, "--seed", "2")
+        assert printed[-1].endswith("sampled at temperature 1.2, top_k 1, top_p 0.8, min_p 0.0"), printed[-1]
+    assert tunes(run, "--seed", "1", "--top_k", "8") != tunes(run, "--seed", "2", "--top_k", "8")
+    code, _, stderr = evaluate_here(capsys, run, "--steps", "9", "--num_samples", "2", "--max_new_tokens", "24",
+                                    "--constrain", "none", "--top_p", "0.9")
+    assert code == 0, stderr[-2000:]
+    sampling = json.loads((run / "eval" / "metrics.json").read_text())["settings"]["sampling"]
+    assert (sampling["top_k"], sampling["top_p"], sampling["temperature"]) == (1, 0.9, 1.2)  # recipe, flag, default
+    (run / "recipe.json").write_text(json.dumps({**recipe, "sampling": {"top_p": "high", "top-k": 3}}))
+    code, _, stderr = run_cli([run, "--num_samples", "1"], capsys, "sample")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "unknown setting 'top-k'" in stderr and "top_p must be a number, not 'high'" in stderr and "recipe.json" in stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -283,8 +283,49 @@ def test_sampling_flags_are_taken_or_refused_in_one_line():
             except UserError as e:
                 assert "\n" not in str(e)
                 continue
+            args = args.settled()  # the settings left unset take the defaults
             assert all(math.isfinite(v) for v in (args.temperature, args.top_p)), (flag, value)
             assert args.temperature > 0 and 0 < args.top_p <= 1 and args.top_k >= 0 and args.num_samples >= 1
+
+
+def test_a_recipes_sampling_settings_are_taken_or_refused_in_one_line(tmp_path):
+    """500 `sampling` objects (the four settings, misspelt ones, every JSON type and awkward number) in a real recipe,
+    from the file and as a flag: either the run samples with finite settings in range, or one UserError."""
+    import math
+
+    from finetune.recipe import parse_recipe
+    from finetune.sampling import SampleArguments
+
+    rng = random.Random(12)
+    good = {"temperature": [1.0, 0.8, 2, 1e-300], "top_k": [0, 1, 8, 10**30], "top_p": [0.7, 1, 1e-300], "min_p": [0, 0.1]}
+    awkward = [*RECIPE_VALUES, float("nan")]
+    names = [*good, *good, *good, "temprature", "top-p", "seed", ""]
+    recipe = json.loads((REPO / "recipes" / "music_abc_cpu.json").read_text())
+    recipe["extends"] = str(REPO / "recipes" / recipe["extends"])
+    outcomes = {"parsed": 0, "refused": 0}
+    for n in range(500):
+        sampling = {}
+        for name in rng.sample(names, rng.randint(1, 3)):
+            sampling[name] = rng.choice(good[name] if name in good and rng.random() < 0.7 else awkward)
+        flags = []
+        if rng.random() < 0.5:
+            flags = ["--sampling", json.dumps(sampling)]
+        else:
+            recipe["sampling"] = sampling
+        path = tmp_path / f"r{n}.json"
+        path.write_text(json.dumps(recipe))
+        try:
+            parsed = parse_recipe([str(path), *flags, "--output_dir", str(tmp_path / "out"), "--dry_run"])
+        except UserError as e:
+            assert "\n" not in str(e) and str(e).strip(), sampling
+            outcomes["refused"] += 1
+            continue
+        args = SampleArguments().settled(parsed.model_args.sampling)
+        assert math.isfinite(args.temperature) and args.temperature > 0 and 0 < args.top_p <= 1, sampling
+        assert args.top_k >= 0 and 0 <= args.min_p < 1, sampling
+        outcomes["parsed"] += 1
+    print(outcomes)
+    assert outcomes["refused"] > 100 and outcomes["parsed"] > 50
 
 
 def test_prompts_of_any_text_generate_or_are_refused(tmp_path):

@@ -58,6 +58,23 @@ def test_extends_merges_nested_model_config_and_flags_win():
     assert parsed.resolved["learning_rate"] == 3e-4 and "extends" not in parsed.resolved
 
 
+def test_sampling_merges_key_by_key_is_checked_and_changing_it_resumes_the_run(tmp_path):
+    """`sampling` merges like model_config (a flag names one setting), every bad setting is named at once, and a run
+    resumed with other sampling settings is the same experiment."""
+    from finetune.run_dir import recipe_changes
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"extends": str(TINY_RECIPE), "sampling": {"temperature": 1.0, "top_p": 0.9}}))
+    parsed = parse_recipe([str(recipe), "--sampling", '{"top_p": 0.7}'])
+    assert parsed.model_args.sampling == parsed.resolved["sampling"] == {"temperature": 1.0, "top_p": 0.7}
+    assert recipe_changes(parsed.resolved, {**parsed.resolved, "sampling": {}}) == []
+    assert recipe_changes(parsed.resolved, {**parsed.resolved, "seed": 1}) == ["seed"]
+    with pytest.raises(UserError) as err:
+        parse_recipe([str(recipe), "--sampling", '{"top_p": 2, "top_k": -1, "temprature": 1}'])
+    assert str(err.value).count("\n") == 0 and "'sampling': unknown setting 'temprature'" in str(err.value)
+    assert "top_k must be 0 (off) or more, not -1" in str(err.value) and "top_p must be in (0, 1], not 2" in str(err.value)
+
+
 def test_extends_cycle_is_reported(tmp_path):
     (tmp_path / "a.json").write_text('{"extends": "b.json"}')
     (tmp_path / "b.json").write_text('{"extends": "a.json"}')
