@@ -30,7 +30,7 @@ class ModelArguments:
             "the tokenizer. On the command line, a JSON object merged into the recipe's."
         },
     )
-    sampling: dict[str, float] = field(
+    sampling: dict[str, Any] = field(
         default_factory=dict,
         metadata={
             "help": "How the run's model samples, over the field's defaults ("

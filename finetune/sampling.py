@@ -48,7 +48,7 @@ PROMPT_FIELDS = "MLK"
 CONDITIONING_FIELDS = "RT"
 # music21 turns a real tune into MIDI in well under a second.
 MIDI_SECONDS = 10.0
-_FROM_RECIPE = "Default: the run's recipe's ('sampling'), else"
+_FROM_RECIPE = "Unset: the run's recipe's 'sampling', else"
 
 
 @dataclass

@@ -58,10 +58,13 @@ def test_extends_merges_nested_model_config_and_flags_win():
     assert parsed.resolved["learning_rate"] == 3e-4 and "extends" not in parsed.resolved
 
 
-def test_sampling_merges_key_by_key_is_checked_and_changing_it_resumes_the_run(tmp_path):
-    """`sampling` merges like model_config (a flag names one setting), every bad setting is named at once, and a run
-    resumed with other sampling settings is the same experiment."""
+def test_sampling_merges_key_by_key_is_checked_and_changing_it_resumes_the_run(tmp_path, capsys):
+    """`sampling` merges like model_config (a flag names one setting), every bad setting is named at once, a run
+    resumed with other sampling settings is the same experiment, and the plan says how the run will be sampled."""
     from finetune.run_dir import recipe_changes
+
+    code, stdout, _ = run_cli([CPU_RECIPE, "--dry_run"], capsys)
+    assert code == 0 and "sampling         temperature 1.0, top_k 8, top_p 0.8, min_p 0.0 (how" in stdout
 
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"extends": str(TINY_RECIPE), "sampling": {"temperature": 1.0, "top_p": 0.9}}))
