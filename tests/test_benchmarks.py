@@ -74,9 +74,11 @@ def test_cpu_recipe_sweep_trains_evaluates_and_tabulates_a_variant(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(results.with_suffix(".json").read_text())
-    assert row["variant"] == "balance_metres 150" and row["steps"] == 2 and row["flags"] == [
-        "--bf16", "false", "--loop_penalty", "0", "--balance_metres", "150"  # over the recipe as it was then
+    assert row["variant"] == "balance_metres 150" and row["steps"] == 2 and row["flags"] == [  # over the recipe as it was then
+        "--bf16", "false", "--loop_penalty", "0", "--sampling", '{"temperature": 1.2}', "--balance_metres", "150"
     ]
+    evaluation = json.loads((tmp_path / "runs" / "balance_metres_150" / "eval" / "metrics.json").read_text())
+    assert evaluation["settings"]["sampling"]["temperature"] == 1.2  # the variant's recipe.json, read by the evaluation
     assert 0 <= row["own_validity"] <= 1 and 0 <= row["constrained_validity"] <= 1
     # bars are NaN where a 2-step model's tunes hold none
     assert all(math.isnan(row[key]) or 0 <= row[key] <= 1 for key in ("own_bars", "constrained_bars"))
