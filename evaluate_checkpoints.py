@@ -106,7 +106,7 @@ def find_checkpoints(run_dir: str) -> list[Checkpoint]:
 
 def read_run(run_dir: str) -> tuple[DataArguments, dict]:
     """The data arguments the run trained with, and its whole resolved recipe."""
-    resolved = saved_recipe(run_dir) if Path(run_dir).is_dir() else None
+    resolved = saved_recipe(run_dir)
     if resolved is None:
         raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
     (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(resolved, allow_extra_keys=True)

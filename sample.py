@@ -17,7 +17,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from finetune.abc.check import check_tunes
-from finetune.args import SAMPLING_DEFAULTS
+from finetune.args import SAMPLING_DEFAULTS, sampling_text
 from finetune.errors import run_command
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         ending = "" if record["ended"] else ", truncated"
         print(f"--- {out / record['abc']} ({check['checker']}: {verdict}{ending})")
         print(record["text"].rstrip())
-    settings = ", ".join(f"{k} {getattr(sample_args, k)}" for k in SAMPLING_DEFAULTS)
+    settings = sampling_text({k: getattr(sample_args, k) for k in SAMPLING_DEFAULTS})
     print(f"Wrote {len(records)} tunes to {out} (.abc, .mid where music21 could read them, samples.jsonl); sampled at {settings}")
     return 0
 

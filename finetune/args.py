@@ -16,6 +16,11 @@ BUILTIN_DATASET = "music21"
 SAMPLING_DEFAULTS = {"temperature": 1.2, "top_k": 8, "top_p": 0.8, "min_p": 0.0}
 
 
+def sampling_text(settings: dict) -> str:
+    """`settings` (some of SAMPLING_DEFAULTS' keys) as the help, the plan and sample.py print them."""
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
@@ -33,9 +38,8 @@ class ModelArguments:
     sampling: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "How the run's model samples, over the field's defaults ("
-            + ", ".join(f"{k} {v}" for k, v in SAMPLING_DEFAULTS.items())
-            + "): sample.py and evaluate_checkpoints.py take these for the run's checkpoints unless flags say "
+            "help": f"How the run's model samples, over the field's defaults ({sampling_text(SAMPLING_DEFAULTS)}): "
+            "sample.py and evaluate_checkpoints.py take these for the run's checkpoints unless flags say "
             "otherwise, e.g. {\"temperature\": 1.0}. Training ignores them."
         },
     )

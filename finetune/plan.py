@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .args import SAMPLING_DEFAULTS, DataArguments, ModelArguments
+from .args import SAMPLING_DEFAULTS, DataArguments, ModelArguments, sampling_text
 
 
 @dataclass
@@ -134,7 +134,7 @@ def make_plan(
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     add(f"  precision        {precision} on {training_args.device.type}")
     add(f"  output_dir       {training_args.output_dir}")
-    sampling = ", ".join(f"{k} {v}" for k, v in {**SAMPLING_DEFAULTS, **model_args.sampling}.items())
+    sampling = sampling_text({**SAMPLING_DEFAULTS, **model_args.sampling})
     add(f"  sampling         {sampling} (how sample.py and evaluate_checkpoints.py sample this run)")
     plan.lines += [f"  note             {n}" for n in notes]
     if warm >= total:

@@ -123,9 +123,9 @@ def sampling_problems(settings: dict) -> list[str]:
     found = [f"unknown setting '{k}' (the settings: {', '.join(SAMPLING_DEFAULTS)})" for k in settings if k not in SAMPLING_DEFAULTS]
     numbers = {}
     for key, value in settings.items():
-        kind = int if key == "top_k" else (int, float)
         if key not in SAMPLING_DEFAULTS:
             continue
+        kind = int if key == "top_k" else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             found.append(f"{key} must be {'a whole number' if key == 'top_k' else 'a number'}, not {value!r}")
         else:
