@@ -78,7 +78,8 @@ def main(argv: list[str]) -> int:
     model = load_model(model_args, config, tokenizer, on_meta=run_args.dry_run, compute_dtype=compute_dtype)
     total_parameters, trainable_parameters = count_parameters(model)
     plan = make_plan(
-        model_args, data_args, training_args, data_stats, (total_parameters, trainable_parameters), block_size, notes
+        model_args, data_args, training_args, data_stats, (total_parameters, trainable_parameters), block_size, notes,
+        description=run_args.description,
     )
     if training_args.should_log:
         print(plan, flush=True)

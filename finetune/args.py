@@ -203,6 +203,11 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
+    description: str = field(
+        default="",
+        metadata={"help": "What the recipe is for, on what hardware and in about how long. The plan prints it, and "
+                  "the README's table of recipes is made from it (`python -m finetune.recipe --table`)."},
+    )
     dry_run: bool = field(
         default=False,
         metadata={"help": "Print the plan (data sizes, steps, warmup share, parameters) and exit without training."},

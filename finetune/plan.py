@@ -70,9 +70,12 @@ def make_plan(
     parameters: tuple[int, int],
     block_size: int,
     notes: list[str],
+    description: str = "",
 ) -> Plan:
     plan = Plan()
     add = plan.lines.append
+    if description:
+        add(f"  recipe           {description}")
     model = model_args.model_name_or_path or f"new {model_args.model_config.get('model_type')} from model_config"
     total, trainable = parameters
     adapters = f", {_count(trainable)} trainable in LoRA r={model_args.lora_r} adapters" if model_args.use_peft else ""

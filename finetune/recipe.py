@@ -458,7 +458,28 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
     return ParsedRecipe(*outputs, resolved=resolved, notes=notes)
 
 
+def recipe_table(folder: Path) -> str:
+    """The README's table of the recipes in `folder`: each file, the recipe it extends, and its own description."""
+    lines = ["| recipe | extends | what it is |", "|---|---|---|"]
+    for path in sorted(folder.glob("*.json")):
+        own = json.loads(path.read_text(encoding="utf-8"))
+        extends = f"`{own['extends']}`" if "extends" in own else "–"
+        lines.append(f"| `{path.name}` | {extends} | {own.get('description', '')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _join(recipe_path: Path, problems: list[str]) -> str:
     if len(problems) == 1:
         return f"{recipe_path}: {problems[0]}"
     return f"{recipe_path}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m finetune.recipe", description="Tools for the recipe files.")
+    cli.add_argument("--table", action="store_true", help="print the README's table of recipes (Markdown)")
+    cli.add_argument("folder", nargs="?", default="recipes", help="the folder of recipes (default: recipes)")
+    options = cli.parse_args()
+    if options.table:
+        print(recipe_table(Path(options.folder)), end="")
+    else:
+        cli.print_help()

@@ -246,3 +246,43 @@ def test_bf16_auto_is_bf16_where_the_cpu_has_it(native, monkeypatch, capsys):
     assert parse_recipe([str(CPU_RECIPE), "--bf16", "false"]).training_args.bf16 is False  # a plain value stays
     code, _, stderr = run_cli([CPU_RECIPE, "--bf16", "sometimes"], capsys)
     assert code == 2 and "expected true, false or \"auto\"" in stderr and stderr.count("\n") == 1
+
+
+def test_every_recipe_says_what_it_is_and_the_readme_table_is_made_from_them():
+    """Each shipped recipe has its own description, and README.md's table of recipes is `recipe_table`'s output."""
+    from finetune.recipe import recipe_table
+
+    for path in RECIPES:
+        own = json.loads(path.read_text())
+        assert len(own.get("description", "")) > 20, f"{path.name} has no description of its own"
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- recipe-table:")[1].split("\n", 1)[1].split("<!-- recipe-table end -->")[0]
+    assert block == recipe_table(REPO / "recipes"), "regenerate with `python -m finetune.recipe --table`"
+
+
+def undone_keys(path: Path) -> list[str]:
+    """Keys that a variant sets back to what its parent's own parent had (absent counts as 0, false, null or [])."""
+    own = json.loads(path.read_text())
+    if "extends" not in own:
+        return []
+    parent_path = path.parent / own["extends"]
+    parent = json.loads(parent_path.read_text())
+    if "extends" not in parent:  # a change to the documented recipe is what a variant is for
+        return []
+    grandparent = read_recipe(parent_path.parent / parent["extends"])
+    undone = []
+    for key, value in own.items():
+        if key in parent and key not in ("extends", "description", "output_dir"):
+            before = grandparent.get(key)
+            if value == before or (key not in grandparent and value in (0, False, None, [])):
+                undone.append(key)
+    return undone
+
+
+def test_no_variant_undoes_what_it_inherits(tmp_path):
+    """No shipped recipe sets a key back to what its parent changed; the check catches one that does."""
+    assert {path.name: undone_keys(path) for path in RECIPES if undone_keys(path)} == {}
+    undoing = tmp_path / "undoing.json"
+    (tmp_path / "cpu.json").write_text(json.dumps({"extends": str(REPO / "recipes" / "music_abc.json"), "loop_penalty": 0.1, "bf16": "auto"}))
+    undoing.write_text(json.dumps({"extends": "cpu.json", "loop_penalty": 0, "bf16": True}))
+    assert undone_keys(undoing) == ["loop_penalty", "bf16"]
