@@ -10,10 +10,13 @@ override it. Re-running a command resumes from the newest checkpoint in its outp
 
 from __future__ import annotations
 
+import finetune
+
+finetune.quiet_bitsandbytes()  # before transformers imports bitsandbytes (see its docstring)
+
 import os
 import sys
 
-import finetune  # noqa: F401  (first: it quiets a bitsandbytes import warning, see finetune/__init__.py)
 import torch
 from transformers import Trainer, set_seed
 
@@ -21,8 +24,8 @@ from finetune.attention import PackedCollator
 from finetune.curves import LossPlotCallback
 from finetune.data import clean_splits, load_raw_splits
 from finetune.errors import run_command
+from finetune.evaluation.token_metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.loops import LoopPenaltyTrainer, pseudo_loop_rows
-from finetune.metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan

@@ -10,6 +10,10 @@ Without --prompt every tune starts from the bare start-of-tune token, so the mod
 
 from __future__ import annotations
 
+import finetune
+
+finetune.quiet_bitsandbytes()  # before transformers imports bitsandbytes (see its docstring)
+
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +23,10 @@ from accelerate import PartialState
 from finetune.abc.check import check_tunes
 from finetune.args import SAMPLING_DEFAULTS, sampling_text
 from finetune.errors import run_command
+from finetune.generation import SampleArguments, generate_tunes, parse_prompt, write_samples
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
 from finetune.run_dir import run_recipe
-from finetune.sampling import SampleArguments, generate_tunes, parse_prompt, write_samples
 
 
 @dataclass

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from finetune.tables import markdown_table
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/music_abc_cpu.json"
 # The recipes before this one. Until 2026-12-06: fp32 with no loop penalty, sampled at the field's temperature 1.2
@@ -76,11 +78,8 @@ def sweep_one(name: str, flags: list[str], steps: int, out_root: Path, recipe: s
 
 def write(rows: list[dict], path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and c != "train_minutes" else str(row[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    cells = ([f"{row[c]:.3f}" if isinstance(row[c], float) and c != "train_minutes" else row[c] for c in COLUMNS] for row in rows)
+    path.with_suffix(".md").write_text(markdown_table(COLUMNS, cells))
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import finetune
 
-import finetune  # noqa: E402,F401  (first: it quiets a bitsandbytes import warning)
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+finetune.quiet_bitsandbytes()  # before transformers imports bitsandbytes (see its docstring)
+
+import torch
+from transformers import (
     AttentionInterface,
     DataCollatorForLanguageModeling,
     Trainer,
@@ -38,14 +38,16 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from finetune.attention import PACKED_SDPA  # noqa: E402
-from finetune.data import clean_splits, load_raw_splits  # noqa: E402
-from finetune.loops import LoopPenaltyTrainer, pseudo_loop_rows  # noqa: E402
-from finetune.model import load_config, load_model, load_tokenizer, resolve_block_size  # noqa: E402
-from finetune.packing import tokenize_and_pack  # noqa: E402
-from finetune.recipe import parse_recipe  # noqa: E402
-from finetune.sampling import SampleArguments, generate_tunes, prompt_batches  # noqa: E402
+from finetune.attention import PACKED_SDPA
+from finetune.data import clean_splits, load_raw_splits
+from finetune.generation import SampleArguments, generate_tunes, prompt_batches
+from finetune.loops import LoopPenaltyTrainer, pseudo_loop_rows
+from finetune.model import load_config, load_model, load_tokenizer, resolve_block_size
+from finetune.packing import tokenize_and_pack
+from finetune.recipe import parse_recipe
+from finetune.tables import markdown_table
 
+REPO = Path(__file__).resolve().parent.parent
 RESULTS = []
 
 
@@ -238,7 +240,6 @@ def peak_rss_of_run(recipe: str, overrides: list[str], out: str) -> float:
 
 DATA_SCRIPT = """
 import sys, time
-sys.path.insert(0, {repo!r})
 from pathlib import Path
 from finetune.data import prepare_music21, clean_splits, load_raw_splits
 from finetune.args import DataArguments
@@ -257,7 +258,7 @@ print("SECONDS", time.perf_counter() - start)
 
 def data_seconds(data_dir: str, cache_dir: str) -> float:
     env = {**os.environ, "HF_DATASETS_CACHE": cache_dir, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    script = DATA_SCRIPT.format(repo=str(REPO), data=data_dir)
+    script = DATA_SCRIPT.format(data=data_dir)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("SECONDS")]
     if not line:
@@ -284,8 +285,8 @@ def generation_tokens_per_second(model, tokenizer, new_tokens: int, use_cache: b
 def synthetic_corpus(tunes: int, path: Path) -> None:
     """`tunes` distinct copies of the bundled training tunes as JSONL: each copy gets a title of its own
     (kept by `keep_fields` ...T), so deduplication keeps them all."""
-    from finetune.data import BUILTIN_DIR, load_raw_splits
     from finetune.args import DataArguments
+    from finetune.data import BUILTIN_DIR, load_raw_splits
 
     load_raw_splits(DataArguments())  # prepares the bundled corpus on first use
     source = [json.loads(line)["text"] for line in (BUILTIN_DIR / "train.jsonl").open()]
@@ -374,16 +375,14 @@ def sampling_speed(model, tokenizer, constrain: str, max_repeats: int = 3) -> tu
     return sum(s.new_tokens for s in samples) / seconds, steps / seconds
 
 
-def markdown_table(device: str, results: list[dict]) -> str:
+def results_markdown(device: str, results: list[dict]) -> str:
     """The results as the README quotes them."""
     def fmt(x):
         return "-" if x is None else f"{x:.4g}"
 
-    lines = [f"Measured on {device}, {os.cpu_count()} CPUs, torch {torch.__version__}.", "",
-             "| measurement | value | unit | baseline | ratio | target |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {fmt(r['value'])} | {r['unit']} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | "
-              f"{r['target'] or ''} |" for r in results]
-    return "\n".join(lines) + "\n"
+    rows = ([r["name"], fmt(r["value"]), r["unit"], fmt(r["baseline"]), fmt(r["ratio"]), r["target"] or ""] for r in results)
+    return (f"Measured on {device}, {os.cpu_count()} CPUs, torch {torch.__version__}.\n\n"
+            + markdown_table(["measurement", "value", "unit", "baseline", "ratio", "target"], rows))
 
 
 def main() -> None:
@@ -498,7 +497,7 @@ def write_results(out: Path, device: str, quick: bool, run_start: float) -> None
     out.write_text(json.dumps({"device": device, "cpus": os.cpu_count(), "torch": torch.__version__,
                                "quick": quick, "seconds": time.perf_counter() - run_start,
                                "results": RESULTS}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(device, RESULTS))
+    out.with_suffix(".md").write_text(results_markdown(device, RESULTS))
     print(f"Wrote {out} ({time.perf_counter() - run_start:.0f} s, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
 

@@ -4,12 +4,8 @@
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from finetune.data import BUILTIN_DIR, prepare_music21  # noqa: E402
+from finetune.data import BUILTIN_DIR, prepare_music21
 
 if __name__ == "__main__":
     print(json.dumps(prepare_music21(), indent=2))

@@ -29,8 +29,13 @@ from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_DIR = REPO_ROOT / "data" / "music21_abc"
+# In a checkout the prepared corpus sits in data/, beside the script that prepares it; an installed package keeps it
+# in the user's cache folder (XDG_CACHE_HOME, else ~/.cache), since site-packages may not be writable.
+_CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
+BUILTIN_DIR = (
+    _CHECKOUT_DATA if (_CHECKOUT_DATA / "prepare_music21.py").is_file()
+    else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "abc-finetune"
+) / "music21_abc"
 SPLITS = ("train", "validation", "test")
 ABC_SUFFIXES = (".abc", ".txt")
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

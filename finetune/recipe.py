@@ -26,8 +26,9 @@ from transformers.hf_argparser import string_to_bool
 
 from .args import BUILTIN_DATASET, DataArguments, ModelArguments, RunArguments
 from .errors import UserError
+from .generation import sampling_problems
 from .run_dir import existing_ancestor
-from .sampling import sampling_problems
+from .tables import markdown_table
 
 RECIPE_DATACLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 DATA_SUFFIXES = (".abc", ".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -460,12 +461,11 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
 
 def recipe_table(folder: Path) -> str:
     """The README's table of the recipes in `folder`: each file, the recipe it extends, and its own description."""
-    lines = ["| recipe | extends | what it is |", "|---|---|---|"]
+    rows = []
     for path in sorted(folder.glob("*.json")):
         own = json.loads(path.read_text(encoding="utf-8"))
-        extends = f"`{own['extends']}`" if "extends" in own else "–"
-        lines.append(f"| `{path.name}` | {extends} | {own.get('description', '')} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{path.name}`", f"`{own['extends']}`" if "extends" in own else "–", own.get("description", "")])
+    return markdown_table(["recipe", "extends", "what it is"], rows)
 
 
 def _join(recipe_path: Path, problems: list[str]) -> str:

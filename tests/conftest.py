@@ -1,5 +1,9 @@
 """Shared fixtures. Nothing here reaches a hub: tests build tiny models from configs on disk."""
 
+import finetune
+
+finetune.quiet_bitsandbytes()  # before any test module imports transformers (see its docstring)
+
 import importlib
 import os
 import subprocess
@@ -17,7 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 TINY_RECIPE = REPO / "tests" / "recipes" / "tiny.json"
 
 

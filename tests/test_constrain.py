@@ -186,11 +186,11 @@ def as_sampled(tune: str) -> tuple[str, str]:
     import regex
 
     from finetune.abc import header_length
-    from finetune.sampling import prompt_from_tune
+    from finetune.generation import prompt_from_tune
 
     body = tune[header_length(tune):].replace("\\\n", "\n")
     body = "".join(line for line in body.splitlines(keepends=True) if not regex.match(r"[A-Za-z]:", line))
-    return prompt_from_tune(tune), regex.sub(" {%d,}" % (MAX_SPACES + 1), " " * MAX_SPACES, body)
+    return prompt_from_tune(tune), regex.sub(f" {{{MAX_SPACES + 1},}}", " " * MAX_SPACES, body)
 
 
 @pytest.mark.parametrize("merges", [0, 1024], ids=["characters", "1024 learned merges"])
@@ -218,7 +218,7 @@ def test_real_tunes_that_keep_the_metre_pass_token_by_token(corpus, merges):
         assert ids[: len(prompt_ids)] == prompt_ids
         processor = MetreLogitsProcessor(tokenizer, max_new_tokens=len(ids) + 100, keep=1)
         written = torch.tensor([prompt_ids])
-        for position, token in enumerate([*ids[len(prompt_ids):], tokenizer.eos_token_id]):
+        for token in [*ids[len(prompt_ids):], tokenizer.eos_token_id]:
             scores = torch.zeros(1, len(tokenizer))
             scores[0, token] = 1.0
             if not torch.isfinite(processor(written, scores)[0, token]):
@@ -275,7 +275,7 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
         processor._surely_refused = lambda state: None  # every token tried: the tries count top-p's saving alone
         calls = []
         original = processor._try
-        processor._try = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+        processor._try = lambda *args, calls=calls, original=original, **kwargs: calls.append(1) or original(*args, **kwargs)
         set_seed(1)
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), logits_processor=LogitsProcessorList([processor]),
                              do_sample=True, temperature=1.2, top_k=8, top_p=0.8, max_new_tokens=120,

@@ -152,8 +152,8 @@ def test_learned_merges_train_resume_and_a_changed_corpus_is_refused(tmp_path, c
     """`tokenizer_merges`: the run's tokenizer (characters + merges learnt from its training tunes) is saved with the
     model, whose embeddings match it, and sampling through the constraint reads it. Re-running resumes, since the
     same tunes give the same merges; resuming over other training tunes (other merges, other ids) is refused."""
+    from finetune.generation import SampleArguments, generate_tunes
     from finetune.model import load_checkpoint
-    from finetune.sampling import SampleArguments, generate_tunes
 
     out = tmp_path / "merges"
     flags = ["--tokenizer_merges", 64, *ACCEPTANCE_FLAGS, "--output_dir", out]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from fractions import Fraction
 
-import evaluate
 import pytest
 import torch
 from conftest import REPO, TINY_RECIPE, run_cli, run_finetune
@@ -20,6 +19,7 @@ from conftest import REPO, TINY_RECIPE, run_cli, run_finetune
 from finetune.abc import header_length
 from finetune.abc.check import analyse, check_tunes, run_abc2midi
 from finetune.abc.reader import bar_units, parse_meter
+from finetune.evaluation.token_metrics import load_metric
 
 CHECKERS = ["python", pytest.param("abc2midi", marks=pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)"))]
 
@@ -92,7 +92,7 @@ def untrained_samples(count: int = 64, constrain: str = "none") -> list[str]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from finetune.sampling import SampleArguments, generate_tunes
+    from finetune.generation import SampleArguments, generate_tunes
     from finetune.tokenizer import build_abc_tokenizer
 
     tokenizer = build_abc_tokenizer(256)
@@ -109,7 +109,7 @@ def untrained_samples(count: int = 64, constrain: str = "none") -> list[str]:
 def test_bar_consistency_is_high_for_real_tunes_and_low_for_noise(corpus):
     """The metric can fail: >= 0.95 on real held-out tunes, <= 0.2 when their body characters are shuffled,
     <= 0.15 on an untrained model's tunes, whose bars a lenient rule would count as on the metre."""
-    metric = evaluate.load(str(REPO / "metrics" / "abc_validity"), keep_in_memory=True)
+    metric = load_metric("abc_validity")
     real = list(corpus["validation"])
     rng = random.Random(0)
     scores = {
@@ -151,7 +151,7 @@ def test_abc_check_command_prints_one_json_object_per_tune(tmp_path):
 
 
 def test_metric_modules_load_from_local_paths_and_compute():
-    load = lambda name: evaluate.load(str(REPO / "metrics" / name), keep_in_memory=True)  # noqa: E731
+    load = load_metric
     assert load("next_token_accuracy").compute(predictions=[1, 2, 3, 4], references=[1, 2, 0, 4]) == {"accuracy": 0.75}
     bits = load("bits_per_char").compute(nll=[math.log(2)] * 4, chars=[1, 1, 2, 0])["bits_per_char"]
     assert bits == pytest.approx(1.0)
@@ -359,7 +359,7 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(run_dir, tmp_path, capsys):
 
 
 def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_reason(tmp_path):
-    from finetune.sampling import write_midi
+    from finetune.generation import write_midi
 
     assert write_midi("X:1\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n", tmp_path / "a.mid", writer="music21") is None
     assert (tmp_path / "a.mid").stat().st_size > 0
@@ -370,7 +370,7 @@ def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_rea
 @pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi not installed (Debian: apt-get install abcmidi)")
 def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
     """A repeat opened and never closed, as a model writes it and abc2midi passes it: music21 gives up."""
-    from finetune.sampling import write_midi
+    from finetune.generation import write_midi
 
     tune = "X:1\nM:4/4\nL:1/8\nK:G\nD2 | G2B2d2cB | A2A2G2z2 || |:B2d2g2e2 | d4z2 |]\n"
     assert write_midi(tune, tmp_path / "m.mid", writer="music21").startswith("ExpanderException")
@@ -384,9 +384,9 @@ def test_tunes_are_sampled_in_the_checkpoints_precision_after_a_bf16_evaluation(
     those of the checkpoint loaded fresh, bit for bit, so evaluate_checkpoints.py samples what sample.py samples."""
     import datasets
 
-    from evaluate_checkpoints import token_numbers
     from finetune.args import DataArguments
-    from finetune.metrics import TokenMetrics
+    from finetune.evaluation.checkpoints import token_numbers
+    from finetune.evaluation.token_metrics import TokenMetrics
     from finetune.model import load_checkpoint
     from finetune.packing import tokenize_and_pack
 

@@ -272,8 +272,8 @@ def test_sampling_flags_are_taken_or_refused_in_one_line():
     """Every sampling flag with every awkward value: a usable setting or a UserError, never NaN or a crash."""
     import math
 
+    from finetune.generation import SampleArguments
     from finetune.recipe import CliParser
-    from finetune.sampling import SampleArguments
 
     parser = CliParser((SampleArguments,), prog="sample.py", usage="")
     for flag in ("num_samples", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "batch_size"):
@@ -293,8 +293,8 @@ def test_a_recipes_sampling_settings_are_taken_or_refused_in_one_line(tmp_path):
     from the file and as a flag: either the run samples with finite settings in range, or one UserError."""
     import math
 
+    from finetune.generation import SampleArguments
     from finetune.recipe import parse_recipe
-    from finetune.sampling import SampleArguments
 
     rng = random.Random(12)
     good = {"temperature": [1.0, 0.8, 2, 1e-300], "top_k": [0, 1, 8, 10**30], "top_p": [0.7, 1, 1e-300], "min_p": [0, 0.1]}
@@ -331,11 +331,11 @@ def test_a_recipes_sampling_settings_are_taken_or_refused_in_one_line(tmp_path):
 def test_prompts_of_any_text_generate_or_are_refused(tmp_path):
     """300 prompts (real headers mutated with ABC pieces, random Unicode, empty, overlong): tunes or a UserError."""
     import torch
+    from test_tokenizer import random_unicode
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune.sampling import SampleArguments, generate_tunes, parse_prompt
+    from finetune.generation import SampleArguments, generate_tunes, parse_prompt
     from finetune.tokenizer import build_abc_tokenizer
-    from test_tokenizer import random_unicode
 
     tokenizer = build_abc_tokenizer(64)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

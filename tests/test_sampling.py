@@ -7,17 +7,17 @@ write what each prompt writes alone; every command prints its help."""
 import json
 from dataclasses import replace
 
-import evaluate
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE, run_cli
+from conftest import TINY_RECIPE, run_cli
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from finetune.abc import header_length
 from finetune.abc.check import analyse
 from finetune.abc.constrain import MetreLogitsProcessor
+from finetune.evaluation.token_metrics import load_metric
+from finetune.generation import SampleArguments, cut_off_real_tunes, generate_tunes, prompt_from_tune
 from finetune.loops import LoopLimitLogitsProcessor, in_a_loop, most_copies
-from finetune.sampling import SampleArguments, cut_off_real_tunes, generate_tunes, prompt_from_tune
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)
@@ -111,7 +111,7 @@ def test_the_only_token_a_row_has_left_is_never_taken():
 def test_the_loops_metric_finds_loops_in_real_tunes_only_where_one_is_written_in(corpus):
     """The metric can fail both ways: real tunes score about 1%; the same tunes with one of their lines (8 to 128
     characters) written four times running score 1, and twice, as tunes often do, as before."""
-    loops = evaluate.load(str(REPO / "metrics" / "loops"), keep_in_memory=True)
+    loops = load_metric("loops")
     tunes = corpus["validation"][:300]
     real = loops.compute(predictions=tunes)["loops"]
     assert 0 < real <= 0.03

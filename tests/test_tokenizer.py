@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from finetune.metrics import chars_per_token
+from finetune.evaluation.token_metrics import chars_per_token
 from finetune.tokenizer import build_abc_tokenizer
 
 FIRST_VERSION = REPO / "tests" / "fixtures" / "char_tokenizer_v1"
@@ -60,8 +60,8 @@ def test_corpus_encodes_one_token_per_abc_character_with_the_ids_of_the_first_ve
 
 def test_a_checkpoint_saved_with_the_first_version_still_loads_and_generates(tmp_path):
     """A model of 175 embeddings and its saved first-version tokenizer: load_checkpoint and sampling work."""
+    from finetune.generation import SampleArguments, generate_tunes
     from finetune.model import load_checkpoint
-    from finetune.sampling import SampleArguments, generate_tunes
 
     first = AutoTokenizer.from_pretrained(FIRST_VERSION)
     first.save_pretrained(tmp_path)

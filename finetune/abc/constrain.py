@@ -96,7 +96,7 @@ OCTAVE_MARKS = ("'", "''", ",", ",,")
 EMPTY_LINE = regex.compile(r"\n[ \t]*\n")
 # Tunes align bars with runs of spaces: 2 to 4 are three in four of the training tunes' runs.
 MAX_SPACES = 4
-LONG_LAYOUT_RUN = regex.compile(r"[ `]{%d}" % (MAX_SPACES + 1))  # backquotes too: ABC's beam spacing, no music
+LONG_LAYOUT_RUN = regex.compile(rf"[ `]{{{MAX_SPACES + 1}}}")  # backquotes too: ABC's beam spacing, no music
 
 
 @dataclass

@@ -1,12 +1,11 @@
 """ABC validity and bar-duration consistency of tunes, by finetune.abc.check (abc2midi, else strict Python).
 
-    metric = evaluate.load("metrics/abc_validity")
+    metric = evaluate.load("finetune/evaluation/modules/abc_validity")
     metric.compute(predictions=["M:2/4\\nL:1/8\\nK:D\\nABcd|efga|\\n"])
     # {"validity": 1.0, "bar_consistency": 1.0, "bars_total": 2, "checker": "abc2midi"}
 
 validity: share of tunes with no error (syntax, header fields, broken bars).
 bar_consistency: share of bars whose duration matches M:/L: (pickups and split bars around repeats allowed).
-Needs the repository root on the Python path (it imports `finetune`).
 """
 
 import datasets

@@ -1,6 +1,6 @@
 """Copying and diversity of generated tunes, by character 4-gram cosine similarity of their music.
 
-    metric = evaluate.load("metrics/abc_novelty")
+    metric = evaluate.load("finetune/evaluation/modules/abc_novelty")
     metric.compute(predictions=generated_tunes, training_tunes=training_tunes)
     # {"copy_max": ..., "copy_share": ..., "copy_mean": ..., "diversity": ...}
 
@@ -9,7 +9,6 @@ copy_share: share of generated tunes whose nearest training tune is above `thres
 copy_mean: mean nearest-neighbour similarity.
 diversity: 1 - mean similarity between different generated tunes.
 The training-tune index is built once per set of training tunes and reused while this module is loaded.
-Needs the repository root on the Python path (it imports `finetune`).
 """
 
 import hashlib
@@ -17,7 +16,7 @@ import hashlib
 import datasets
 import evaluate
 
-from finetune.similarity import NgramIndex, diversity, nearest_similarity
+from finetune.evaluation.similarity import NgramIndex, diversity, nearest_similarity
 
 
 class AbcNovelty(evaluate.Metric):

@@ -5,7 +5,7 @@ their losses per token do not compare; per character they do (folk-rnn, Text-to-
 
     bits per char = sum of per-token losses (nats) / characters those tokens spell / ln 2
 
-    metric = evaluate.load("metrics/bits_per_char")
+    metric = evaluate.load("finetune/evaluation/modules/bits_per_char")
     metric.compute(nll=[0.7, 1.4], chars=[1, 3])  # {"bits_per_char": 0.757}
 
 `nll` is the loss of each predicted token in nats, `chars` the characters of tune text it spells

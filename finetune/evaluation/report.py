@@ -3,7 +3,7 @@ beside the real tune whose header prompted it. One self-contained file: abcjs (M
 included), the plots and the tunes are all inside, so it opens offline from disk.
 
     python evaluate_checkpoints.py runs/music_abc_quick --report       # evaluate, then write the report
-    python -m finetune.report runs/music_abc_quick [--steps 50,154]     # the report of an evaluated run
+    python -m finetune.evaluation.report runs/music_abc_quick [--steps 50,154]     # the report of an evaluated run
 """
 
 from __future__ import annotations
@@ -16,18 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from .abc.check import check_tunes
-from .errors import UserError
-from .loops import in_a_loop
-from .metrics import COLUMNS, format_cell
+from ..abc.check import check_tunes
+from ..errors import UserError
+from ..loops import in_a_loop
+from .results import COLUMNS, TUNE_KINDS, format_cell
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-# The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.
-TUNE_KINDS = {
-    "own": "the model's own tunes: plain sampling, nothing masked",
-    "constrained": "constrained sampling: MetreLogitsProcessor masks tokens that would break ABC syntax or the metre, "
-                   "and LoopLimitLogitsProcessor a block of tokens repeated more than max_repeats times running",
-}
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def samples_folder(step: int | str, kind: str) -> str:
@@ -181,7 +175,7 @@ def write_report(run_dir: str, steps: list[int] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m finetune.evaluation.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--steps", help="comma-separated steps to show (default: the first and the last)")
     args = parser.parse_args(argv)

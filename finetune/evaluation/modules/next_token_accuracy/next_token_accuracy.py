@@ -1,9 +1,9 @@
 """Next-token accuracy: the share of predicted tokens that equal the true next token.
 
-    metric = evaluate.load("metrics/next_token_accuracy")
+    metric = evaluate.load("finetune/evaluation/modules/next_token_accuracy")
     metric.compute(predictions=[5, 7, 9], references=[5, 7, 8])  # {"accuracy": 0.667}
 
-Pass only the positions that count (labels of -100 already removed), as `finetune.metrics` does for
+Pass only the positions that count (labels of -100 already removed), as `finetune.evaluation.token_metrics` does for
 `Trainer(compute_metrics=...)`.
 """
 

@@ -1,6 +1,6 @@
 """Header adherence: do the header fields a tune was prompted with stay in force to its end?
 
-    metric = evaluate.load("metrics/header_adherence")
+    metric = evaluate.load("finetune/evaluation/modules/header_adherence")
     metric.compute(predictions=["M:6/8\\nK:D\\nABc|[M:2/4]AB|\\n"], references=["M:6/8\\nK:D\\n"])
     # {"header_adherence": 0.5}: K:D held, M:6/8 was changed
 

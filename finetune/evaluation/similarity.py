@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .abc import header_length
+from ..abc import header_length
 
 NGRAM = 4
 WHITE_SPACE = re.compile(r"\s+")

@@ -1,13 +1,12 @@
 """Next-token accuracy and bits per character for `Trainer(compute_metrics=...)`, during training and after.
 
-The numbers come from the local `evaluate` modules in metrics/ (no hub needed); this file only feeds them.
+The numbers come from the local `evaluate` modules in modules/ (no hub needed); this file only feeds them.
 `preprocess_logits_for_metrics` keeps two numbers per position instead of the [batch, length, vocab]
 logits, so evaluation memory does not grow with the vocabulary.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import evaluate
@@ -15,41 +14,14 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
-from .packing import IGNORE_INDEX
-from .tokenizer import BYTE_TOKEN
+from ..packing import IGNORE_INDEX
+from ..tokenizer import BYTE_TOKEN
 
-METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
-
-# Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.
-# A checkpoint has a row per kind of tune (`tunes`: "own", "constrained"); the real tunes' row is "real".
-COLUMNS = {
-    "step": "{}",
-    "tunes": "{}",
-    "loss": "{:.4f}",
-    "perplexity": "{:.3f}",
-    "bits_per_char": "{:.4f}",
-    "accuracy": "{:.4f}",
-    "validity": "{:.3f}",
-    "bar_consistency": "{:.3f}",
-    "header_adherence": "{:.3f}",
-    "truncation": "{:.3f}",
-    "loops": "{:.3f}",
-    "copy_max": "{:.3f}",
-    "copy_share": "{:.3f}",
-    "diversity": "{:.3f}",
-}
-
-
-def format_cell(name: str, value) -> str:
-    """A value of column `name` as the tables write it; missing or NaN is a dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return COLUMNS[name].format(value)
-
+MODULES_DIR = Path(__file__).resolve().parent / "modules"
 
 def load_metric(name: str) -> evaluate.EvaluationModule:
-    """A metric of metrics/ by name; kept in memory so that processes of one run never share a cache file."""
-    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+    """A metric of modules/ by name; kept in memory so that processes of one run never share a cache file."""
+    return evaluate.load(str(MODULES_DIR / name), keep_in_memory=True)
 
 
 def chars_per_token(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
