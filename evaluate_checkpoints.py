@@ -9,8 +9,8 @@ twice from the same prompts and seed, and each set is scored:
 
 - `own`: the model's own tunes (samples/step-N/), what it learnt: nothing masked;
 - `constrained`: the same sampling through sample.py's masks (samples/step-N-constrained/): the loop limit
-  (`--max_repeats`, LoopLimitLogitsProcessor in finetune/loops.py) and MetreLogitsProcessor
-  (finetune/abc/constrain.py), which masks tokens that would break ABC syntax or the metre; `--constrain none`
+  (`--max_repeats`, LoopLimitLogitsProcessor in finetune/loops.py) and MeterLogitsProcessor
+  (finetune/abc/constrain.py), which masks tokens that would break ABC syntax or the meter; `--constrain none`
   skips this kind.
 
 metrics.json holds one row per checkpoint and kind (`"tunes": "own"` or `"constrained"`; the token metrics,
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         usage="evaluate_checkpoints.py RUN_DIR [--split validation|test] [--num_samples N] [--seed S] ...",
     )
     parser.add_argument("run_dir", help="the output_dir of a run_finetune.py run")
-    # The model's own tunes are always scored; `--constrain metre` (the default) scores constrained ones too.
+    # The model's own tunes are always scored; `--constrain meter` (the default) scores constrained ones too.
     parser.set_defaults(num_samples=64)
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)

@@ -66,8 +66,8 @@ def main(argv: list[str]) -> int:
     notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
     if model_args.tokenizer_merges:
         notes.append(f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes")
-    if data_args.balance_metres:
-        notes.append(f"train tunes include copies rescaled to the (M:, L:) pairs under {data_args.balance_metres} tunes")
+    if data_args.balance_meters:
+        notes.append(f"train tunes include copies rescaled to the (M:, L:) pairs under {data_args.balance_meters} tunes")
     if data_args.transpose_train:
         notes.append(f"train tunes include their copies moved by {data_args.transpose_train} semitones")
     if data_args.loop_penalty:

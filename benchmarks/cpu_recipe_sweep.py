@@ -4,7 +4,7 @@
     python benchmarks/cpu_recipe_sweep.py --only lr2e-3   # one of them
 
 Every variant trains `--steps` optimizer steps of the recipe with a few keys overridden (VARIANTS), then
-evaluate_checkpoints.py scores its final model: bits per character, and validity and bars on the metre of 64
+evaluate_checkpoints.py scores its final model: bits per character, and validity and bars on the meter of 64
 held-out prompts' tunes, the model's own and constrained. Rows are appended to
 benchmarks/results/cpu-recipe-sweep.{json,md} with the machine and the wall time of training.
 """
@@ -34,7 +34,7 @@ VARIANTS = {
     "recipe": [],
     "recipe, temperature 1.2": AT_1_2,  # the same model (trained again), sampled at the field's defaults
     "fp32, no loop penalty": FP32_NO_PENALTY,
-    "balance_metres 150": FP32_NO_PENALTY + ["--balance_metres", "150"],
+    "balance_meters 150": FP32_NO_PENALTY + ["--balance_meters", "150"],
     "8k tokens a step": EIGHT_K,
     "16k tokens a step": SIXTEEN_K,
     "16k, lr2e-3": SIXTEEN_K + ["--learning_rate", "2e-3"],
@@ -42,13 +42,13 @@ VARIANTS = {
     "16k, narrow-deep (192x6)": SIXTEEN_K + ["--model_config", '{"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 4}'],
     "16k, wide (384x4)": SIXTEEN_K + ["--model_config", '{"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 6}'],
     "16k, transpose +-1,2": SIXTEEN_K + ["--transpose_train", "-2", "-1", "1", "2"],
-    "16k, train_tunes metre": SIXTEEN_K + ["--train_tunes", "metre"],
+    "16k, train_tunes meter": SIXTEEN_K + ["--train_tunes", "meter"],
     "16k, bf16": SIXTEEN_K + ["--bf16", "true"],
     "16k, bpe 512": SIXTEEN_K + ["--tokenizer_merges", "512"],
     "16k, bpe 1024": SIXTEEN_K + ["--tokenizer_merges", "1024"],
     "16k, bpe 2048": SIXTEEN_K + ["--tokenizer_merges", "2048"],
     "16k, bpe 1024, transpose +-1,2": SIXTEEN_K + ["--tokenizer_merges", "1024", "--transpose_train", "-2", "-1", "1", "2"],
-    "16k, balance_metres 150": SIXTEEN_K + ["--balance_metres", "150"],
+    "16k, balance_meters 150": SIXTEEN_K + ["--balance_meters", "150"],
 }
 COLUMNS = ["variant", "steps", "train_minutes", "bits_per_char", "own_validity", "own_bars", "constrained_validity", "constrained_bars"]
 

@@ -465,9 +465,9 @@ def main() -> None:
     uncached = generation_tokens_per_second(model, tokenizer, new_tokens, False)
     record(f"generate {new_tokens} tokens, KV cache vs none", cached, "tokens/s", baseline=uncached,
            target=">= 10x at 512 new tokens")
-    (constrained, constrained_steps), (own, own_steps) = (sampling_speed(model, tokenizer, mode) for mode in ("metre", "none"))
+    (constrained, constrained_steps), (own, own_steps) = (sampling_speed(model, tokenizer, mode) for mode in ("meter", "none"))
     settings = {"note": "sample.py's defaults, 8 prompts, the benchmark's briefly trained model"}
-    record("sample tunes, constrained (--constrain metre) vs own", constrained, "tokens/s", baseline=own,
+    record("sample tunes, constrained (--constrain meter) vs own", constrained, "tokens/s", baseline=own,
            settings={**settings, "note": settings["note"] + "; the tunes' own tokens, fewer where they end early"})
     record("sample tunes, constrained vs own: generate steps/s", constrained_steps, "steps/s", baseline=own_steps,
            settings=settings, target=">= 0.7")

@@ -137,15 +137,15 @@ class DataArguments:
             "is the prompt and only the music after it is learned, for header-conditioned generation."
         },
     )
-    train_tunes: Literal["all", "metre"] = field(
+    train_tunes: Literal["all", "meter"] = field(
         default="all",
         metadata={
-            "help": "'metre': train only on the tunes whose every bar keeps the metre (the reader's bar verdicts, "
+            "help": "'meter': train only on the tunes whose every bar keeps the meter (the reader's bar verdicts, "
             "which the checker's bar metric counts: pickups and bars split around repeats are kept), so the model "
             "never learns a bar that is off. Validation and test keep every tune. 'all': every clean tune."
         },
     )
-    balance_metres: int = field(
+    balance_meters: int = field(
         default=0,
         metadata={
             "help": "Data augmentation: every (M:, L:) pair that at least 2 and fewer than this many training tunes "

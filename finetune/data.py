@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
 from .abc.check import analyse
-from .abc.rescale import family, metre_pair, rescale
+from .abc.rescale import family, meter_pair, rescale
 from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
 from .errors import UserError
@@ -300,13 +300,13 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         assigned = splits_of_keys(numeric_columns(pool, ["key"])["key"], pct)
         for split in ("train", "validation") if "test" in cleaned else SPLITS:
             cleaned[split] = pool.select(np.flatnonzero(assigned == split))
-    if data_args.train_tunes == "metre" and "train" in cleaned:
+    if data_args.train_tunes == "meter" and "train" in cleaned:
         before = len(cleaned["train"])
         cleaned["train"] = cleaned["train"].filter(
-            keeps_metre, batched=True, num_proc=worker_count(data_args, before), desc="keep train tunes on the metre"
+            keeps_meter, batched=True, num_proc=worker_count(data_args, before), desc="keep train tunes on the meter"
         )
         if len(cleaned["train"]) < before:
-            skipped[OFF_METRE] += before - len(cleaned["train"])
+            skipped[OFF_METER] += before - len(cleaned["train"])
     if len(cleaned.get("train", [])) == 0:
         raise UserError(f"dataset '{data_args.dataset_name_or_path}': no usable training tunes (skipped: {dict(skipped) or 'none'})")
     if len(cleaned["validation"]) == 0:
@@ -321,7 +321,7 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
             range(min(data_args.max_eval_samples, len(cleaned["validation"])))
         )
     cleaned = {split: ds.remove_columns("key") for split, ds in cleaned.items()}
-    if data_args.balance_metres:  # after the split, so that copies are of training tunes and stay in train
+    if data_args.balance_meters:  # after the split, so that copies are of training tunes and stay in train
         cleaned["train"] = with_rescaled_copies(cleaned["train"].select_columns(["text"]), data_args)
     if data_args.transpose_train:  # after the split, so that a tune's copies stay in train with it
         cleaned["train"] = cleaned["train"].select_columns(["text"]).map(
@@ -334,34 +334,34 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
     return datasets.DatasetDict(cleaned), dict(skipped)
 
 
-OFF_METRE = "a bar off the metre (train_tunes: metre)"
+OFF_METER = "a bar off the meter (train_tunes: meter)"
 
 
-def keeps_metre(batch: dict) -> list[bool]:
-    """datasets' batched filter for `train_tunes: metre`: does every bar of each tune keep the metre?"""
+def keeps_meter(batch: dict) -> list[bool]:
+    """datasets' batched filter for `train_tunes: meter`: does every bar of each tune keep the meter?"""
     return [analyse(text, strict_syntax=False).bars_off == 0 for text in batch["text"]]
 
 
-# The least number of training tunes an (M:, L:) pair needs to be topped up by `balance_metres`: a pair that
+# The least number of training tunes an (M:, L:) pair needs to be topped up by `balance_meters`: a pair that
 # one tune writes may be a slip; two make it notation in use. The seed makes the copies the same at every run.
 BALANCE_MIN_TUNES = 2
 BALANCE_SEED = 3407
 
 
-def metre_pairs(batch: dict) -> dict:
+def meter_pairs(batch: dict) -> dict:
     """datasets' batched map: each tune's (M:, L:) when it can be rescaled (finetune/abc/rescale.py), else ''."""
-    pairs = [metre_pair(text) for text in batch["text"]]
+    pairs = [meter_pair(text) for text in batch["text"]]
     return {"meter": [p[0] if p else "" for p in pairs], "unit": [p[1] if p else "" for p in pairs]}
 
 
 def with_rescaled_copies(train: datasets.Dataset, data_args: DataArguments) -> datasets.Dataset:
-    """`balance_metres`: each (M:, L:) pair that at least BALANCE_MIN_TUNES and fewer than `balance_metres`
+    """`balance_meters`: each (M:, L:) pair that at least BALANCE_MIN_TUNES and fewer than `balance_meters`
     training tunes write gets copies of tunes of its family (the same bars at another note value: 6/8 with
-    L:1/8 for 6/4 with L:1/4), drawn without repeats, until it has `balance_metres` tunes or its family has
-    no more. The rare metres are where a model miscounts its bars; the copies teach it their bar length on
+    L:1/8 for 6/4 with L:1/4), drawn without repeats, until it has `balance_meters` tunes or its family has
+    no more. The rare meters are where a model miscounts its bars; the copies teach it their bar length on
     music it already reads in common ones."""
-    up_to = data_args.balance_metres
-    read = train.map(metre_pairs, batched=True, num_proc=worker_count(data_args, len(train)), desc="read metres")
+    up_to = data_args.balance_meters
+    read = train.map(meter_pairs, batched=True, num_proc=worker_count(data_args, len(train)), desc="read meters")
     tunes_of = defaultdict(list)
     for index, pair in enumerate(zip(read["meter"], read["unit"])):
         if pair[0]:

@@ -34,7 +34,7 @@ from transformers import (
 
 from .abc import header_length
 from .abc.check import run_abc2midi
-from .abc.constrain import MetreLogitsProcessor
+from .abc.constrain import MeterLogitsProcessor
 from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
@@ -89,9 +89,9 @@ class SampleArguments:
                   "so that a loop is cut (LoopLimitLogitsProcessor; 1 in 90 training tunes repeats one more than "
                   f"{LOOP_REPEATS} times); 0 turns it off."},
     )
-    constrain: Literal["metre", "none"] = field(
-        default="metre",
-        metadata={"help": "metre: mask tokens that would break ABC syntax or the metre (finetune/abc/constrain.py); none: no such mask "
+    constrain: Literal["meter", "none"] = field(
+        default="meter",
+        metadata={"help": "meter: mask tokens that would break ABC syntax or the meter (finetune/abc/constrain.py); none: no such mask "
                   "(with --max_repeats 0 too: the model's own tunes, nothing masked)."},
     )
 
@@ -206,12 +206,12 @@ def generate_tunes(
         attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
                                       device=model.device)
         processors = LogitsProcessorList()
-        if args.max_repeats:  # first: the metre's mask then chooses among the tokens that leave the loop
+        if args.max_repeats:  # first: the meter's mask then chooses among the tokens that leave the loop
             processors.append(LoopLimitLogitsProcessor(args.max_repeats))
-        if args.constrain == "metre":  # one per batch: it follows each row's tune as it is written
+        if args.constrain == "meter":  # one per batch: it follows each row's tune as it is written
             # top-k then samples among the k likeliest allowed tokens, exactly as it would without the mask
             keep = args.top_k if args.top_k else 64
-            processors.append(MetreLogitsProcessor(
+            processors.append(MeterLogitsProcessor(
                 tokenizer, max_new_tokens=budgets, keep=keep, temperature=args.temperature, top_p=args.top_p
             ))
         # generate reminds that the batch outgrew max_position_embeddings: a padded row's tensor is longer than

@@ -266,11 +266,11 @@ def _value_problems(ns: dict) -> list[str]:
             problems.append(f"'{key}' must be at least 1, got {ns[key]}")
     if ns["model_name_or_path"] is None and not ns["model_config"].get("model_type"):
         problems.append("no model: set 'model_name_or_path', or 'model_config' with a 'model_type' such as \"llama\"")
-    if ns["balance_metres"] < 0:
-        problems.append(f"'balance_metres' must be 0 (no copies) or a number of tunes, got {ns['balance_metres']}")
-    elif ns["balance_metres"] and ns["streaming"]:
-        problems.append("'balance_metres' counts the tunes of each metre over the whole training split, which "
-                        "'streaming' never holds; set 'balance_metres' to 0, or turn 'streaming' off")
+    if ns["balance_meters"] < 0:
+        problems.append(f"'balance_meters' must be 0 (no copies) or a number of tunes, got {ns['balance_meters']}")
+    elif ns["balance_meters"] and ns["streaming"]:
+        problems.append("'balance_meters' counts the tunes of each meter over the whole training split, which "
+                        "'streaming' never holds; set 'balance_meters' to 0, or turn 'streaming' off")
     if ns["loop_penalty"] < 0:
         problems.append(f"'loop_penalty' must be 0 (off) or a positive weight, got {ns['loop_penalty']}")
     elif ns["loop_penalty"] and ns["streaming"]:

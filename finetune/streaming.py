@@ -31,7 +31,7 @@ from .args import DataArguments
 from .data import (
     SPLITS,
     clean_batch,
-    keeps_metre,
+    keeps_meter,
     quiet_logger,
     root_reason,
     splits_of_keys,
@@ -70,8 +70,8 @@ def clean_streams(raw: dict[str, datasets.IterableDataset], data_args: DataArgum
             cleaned[split] = pool.filter(
                 lambda batch, s=split: (splits_of_keys(np.array(batch["key"]), pct) == s).tolist(), batched=True
             )
-    if data_args.train_tunes == "metre":
-        cleaned["train"] = cleaned["train"].filter(keeps_metre, batched=True)
+    if data_args.train_tunes == "meter":
+        cleaned["train"] = cleaned["train"].filter(keeps_meter, batched=True)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     streams = {split: cleaned[split].take(limits[split]) if limits[split] else cleaned[split] for split in SPLITS[:2]}
     if data_args.transpose_train:

@@ -5,6 +5,7 @@ import finetune
 finetune.quiet_bitsandbytes()  # before any test module imports transformers (see its docstring)
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,22 @@ def run_finetune(recipe, *args, launcher=(sys.executable,), env=None):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def untrained_samples(count: int = 64, constrain: str = "none") -> list[str]:
+    """Tunes from an untrained model (the test recipe's model, fresh weights) prompted with real headers."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from finetune.generation import SampleArguments, generate_tunes
+    from finetune.tokenizer import build_abc_tokenizer
+
+    tokenizer = build_abc_tokenizer(256)
+    recipe = json.loads(TINY_RECIPE.read_text())["model_config"]
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **recipe)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prompts = ["M:6/8\nL:1/8\nK:D\n", "M:4/4\nL:1/8\nK:G\n", "M:3/4\nL:1/8\nK:Ador\n", "M:2/4\nL:1/16\nK:C\n"] * (count // 4)
+    args = SampleArguments(num_samples=count, max_new_tokens=200, constrain=constrain)
+    return [s.text for s in generate_tunes(model, tokenizer, prompts, args)]

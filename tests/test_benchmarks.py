@@ -22,7 +22,7 @@ EXPECTED = [
     "optimizer state, adamw_8bit vs adamw_torch", "peak RSS of a 3-step run, adamw_8bit vs adamw_torch",
     "data prepare+tokenize+pack, warm vs cold", "eval tokens/s vs train tokens/s",
     "eval tokens/s, ours vs dense-mask packing", "generate 128 tokens, KV cache vs none",
-    "sample tunes, constrained (--constrain metre) vs own", "sample tunes, constrained vs own: generate steps/s",
+    "sample tunes, constrained (--constrain meter) vs own", "sample tunes, constrained vs own: generate steps/s",
     "sample tunes, own: generate steps/s, loop limit vs none",
     "validation bits per character after training",
 ]
@@ -65,21 +65,21 @@ def test_data_scale_benchmark_measures_a_real_dry_run(tmp_path):
 
 def test_cpu_recipe_sweep_trains_evaluates_and_tabulates_a_variant(tmp_path):
     """benchmarks/cpu_recipe_sweep.py: a variant trains, its final model is scored own and constrained, and the
-    row lands in the table (here the tiny recipe, 2 steps, 4 prompts; the variant tops up its rare metres)."""
+    row lands in the table (here the tiny recipe, 2 steps, 4 prompts; the variant tops up its rare meters)."""
     results = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "benchmarks/cpu_recipe_sweep.py", "--recipe", str(TINY_RECIPE), "--only", "balance_metres 150", "--steps", "2",
+        [sys.executable, "benchmarks/cpu_recipe_sweep.py", "--recipe", str(TINY_RECIPE), "--only", "balance_meters 150", "--steps", "2",
          "--out", str(tmp_path / "runs"), "--results", str(results), "--num_samples", "4"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(results.with_suffix(".json").read_text())
-    assert row["variant"] == "balance_metres 150" and row["steps"] == 2 and row["flags"] == [  # over the recipe as it was then
-        "--bf16", "false", "--loop_penalty", "0", "--sampling", '{"temperature": 1.2}', "--balance_metres", "150"
+    assert row["variant"] == "balance_meters 150" and row["steps"] == 2 and row["flags"] == [  # over the recipe as it was then
+        "--bf16", "false", "--loop_penalty", "0", "--sampling", '{"temperature": 1.2}', "--balance_meters", "150"
     ]
-    evaluation = json.loads((tmp_path / "runs" / "balance_metres_150" / "eval" / "metrics.json").read_text())
+    evaluation = json.loads((tmp_path / "runs" / "balance_meters_150" / "eval" / "metrics.json").read_text())
     assert evaluation["settings"]["sampling"]["temperature"] == 1.2  # the variant's recipe.json, read by the evaluation
     assert 0 <= row["own_validity"] <= 1 and 0 <= row["constrained_validity"] <= 1
     # bars are NaN where a 2-step model's tunes hold none
     assert all(math.isnan(row[key]) or 0 <= row[key] <= 1 for key in ("own_bars", "constrained_bars"))
-    assert "| balance_metres 150 | 2 |" in results.with_suffix(".md").read_text()
+    assert "| balance_meters 150 | 2 |" in results.with_suffix(".md").read_text()

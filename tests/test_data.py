@@ -148,6 +148,7 @@ def test_bad_tunes_are_skipped_with_reasons_and_the_run_goes_on(tmp_path, capsys
     assert sum(len(s) for s in splits.values()) == len(good) + 2  # the long tune and the Latin-1 one are usable
 
 
+@pytest.mark.integration
 def test_a_stream_packs_the_same_tunes_as_the_prepared_corpus(tmp_path, monkeypatch):
     """streaming: true over the bundled corpus yields rows that hold exactly the training tunes the map-style
     path packs (the corpus is one buffer, so the very same rows, in shuffled order), and the estimate is near."""
@@ -190,6 +191,7 @@ def test_a_stream_without_a_validation_split_is_hash_split_like_the_prepared_one
     assert 0 < len(prepared["validation"]) < 60
 
 
+@pytest.mark.integration
 def test_an_unreadable_stream_is_one_line_before_training(tmp_path):
     """A corrupt file met only while streaming is reported when the plan reads its first tunes, in one line."""
     import subprocess
@@ -208,6 +210,7 @@ def test_an_unreadable_stream_is_one_line_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_transposed_copies_join_the_training_split_only(tmp_path, monkeypatch):
     """transpose_train adds each training tune moved by each shift; validation stays in its keys, so
     held-out numbers stay honest; prepared and streamed training tunes are the same."""
@@ -241,25 +244,26 @@ def test_transposing_the_bundled_tunes_uses_every_core_where_tokenizing_them_doe
     assert worker_count(DataArguments(preprocessing_num_workers=1), tunes, TRANSPOSE_WEIGHT * 4) == 1
 
 
-def test_train_tunes_metre_keeps_only_training_tunes_on_the_metre(corpus, tmp_path, monkeypatch):
-    """train_tunes 'metre' drops every training tune with a bar off the metre (the checker's verdicts), counts
+@pytest.mark.integration
+def test_train_tunes_meter_keeps_only_training_tunes_on_the_meter(corpus, tmp_path, monkeypatch):
+    """train_tunes 'meter' drops every training tune with a bar off the meter (the checker's verdicts), counts
     them as skipped, and leaves validation as it was; prepared and streamed training tunes are the same."""
     from finetune.abc.check import analyse
-    from finetune.data import OFF_METRE
+    from finetune.data import OFF_METER
     from finetune.streaming import clean_streams
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
-    metre = DataArguments(max_train_samples=300, train_tunes="metre")
-    kept, skipped = clean_splits(load_raw_splits(metre), metre)
-    on_metre = [text for text in corpus["train"] if analyse(text).bars_off == 0]
-    off = len(corpus["train"]) - len(on_metre)
+    meter = DataArguments(max_train_samples=300, train_tunes="meter")
+    kept, skipped = clean_splits(load_raw_splits(meter), meter)
+    on_meter = [text for text in corpus["train"] if analyse(text).bars_off == 0]
+    off = len(corpus["train"]) - len(on_meter)
     assert 0.05 * len(corpus["train"]) < off < 0.3 * len(corpus["train"])  # the real corpus has such tunes
-    assert skipped[OFF_METRE] == off
-    assert kept["train"]["text"][:] == on_metre[:300]
+    assert skipped[OFF_METER] == off
+    assert kept["train"]["text"][:] == on_meter[:300]
     assert kept["validation"]["text"][:] == list(corpus["validation"])
-    streamed_args = DataArguments(max_train_samples=300, max_eval_samples=50, train_tunes="metre", streaming=True)
+    streamed_args = DataArguments(max_train_samples=300, max_eval_samples=50, train_tunes="meter", streaming=True)
     streamed = clean_streams(load_raw_splits(streamed_args), streamed_args)
-    assert [row["text"] for row in streamed["train"]] == on_metre[:300]
+    assert [row["text"] for row in streamed["train"]] == on_meter[:300]
 
 
 def test_a_corpus_another_run_prepared_meanwhile_is_kept(tmp_path, monkeypatch):

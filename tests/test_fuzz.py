@@ -45,6 +45,7 @@ def mutate(text: str, rng: random.Random, pieces: list, edits: int) -> str:
     return text
 
 
+@pytest.mark.integration
 def test_checker_reads_any_mutated_tune_without_raising_in_bounded_time(corpus):
     """10,000 real tunes with 1-6 ABC-significant edits each: every one gets a report, none takes 1 s."""
     rng = random.Random(0)
@@ -63,6 +64,7 @@ def test_checker_reads_any_mutated_tune_without_raising_in_bounded_time(corpus):
     assert invalid > 5_000  # the edits break most tunes, and the checker says so
 
 
+@pytest.mark.integration
 def test_transposer_moves_any_mutated_tune_or_says_why():
     """3,000 mutated real tunes moved by random shifts: a tune comes back, or None with a reason; never an
     exception, and a tune the checker passes before keeps its verdict after."""
@@ -82,12 +84,13 @@ def test_transposer_moves_any_mutated_tune_or_says_why():
     assert outcomes["moved"] > 2000 and outcomes["refused"] > 0
 
 
+@pytest.mark.integration
 def test_rescaler_rewrites_any_mutated_tune_or_says_why():
     """3,000 mutated real tunes rewritten into another (M:, L:), mostly of the tune's family, some of none: a tune
     comes back, or None with a reason; never an exception. A rewritten tune differs in its header only, and
     keeps the checker's verdict (every bar lasts what it did, and so does the bar M: and L: ask for)."""
     from finetune.abc import header_length
-    from finetune.abc.rescale import family, metre_pair, rescale
+    from finetune.abc.rescale import family, meter_pair, rescale
 
     rng = random.Random(6)
     tunes = [json.loads(line)["text"] for line in open(BUILTIN_DIR / "train.jsonl")][:3000]
@@ -95,7 +98,7 @@ def test_rescaler_rewrites_any_mutated_tune_or_says_why():
     pairs += [("C", "1/8"), ("C|", "1/4"), ("0/4", "1/8"), ("3/4", "1/0"), ("3/4", "1/3"), ("none", "1/8"), ("6/8", "")]
     outcomes = Counter()
     for n, tune in enumerate(tunes):
-        own = metre_pair(tune)
+        own = meter_pair(tune)
         mates = [pair for pair in pairs if own and family(*pair) == family(*own)]
         target = rng.choice(mates) if mates and rng.random() < 0.8 else rng.choice(pairs)
         tune = mutate(tune, rng, ABC_PIECES + ["\nQ:1/4=120\n", '\nQ:"Allegro" 3/8=90\n', "\nQ:C=80\n", "\nQ:1/0=90\n", "\nL:1/16\n"],
@@ -122,6 +125,7 @@ def test_checker_flags_the_inputs_that_used_to_raise():
 
 
 @pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)")
+@pytest.mark.integration
 def test_abc2midi_checker_survives_mutated_tunes(corpus):
     """abc2midi runs on 120 mutated tunes, NUL and non-ASCII included, and every one gets a verdict."""
     rng = random.Random(1)
@@ -175,6 +179,7 @@ def load_prepared_or_streamed(data_args):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.integration
 def test_data_loaders_read_mutated_files_or_say_why_in_one_line(streaming, corpus, tmp_path):
     """60 byte-level mutations of real data files of each kind, prepared or streamed: tunes come out, or a
     UserError says why in one line."""
@@ -227,6 +232,7 @@ RECIPE_VALUES = [None, -1, 0, 1, 0.5, -0.0, 1e308, 10**30, "", "x", "nan", "inf"
                  True, False, "music_abc.json", "../", "/", "\x00", "é"]
 
 
+@pytest.mark.integration
 def test_recipe_parser_takes_mutated_recipes_or_says_why(tmp_path):
     """1,000 mutated shipped recipes (values of every JSON type swapped in, keys dropped or invented, bytes edited):
     each parses, or raises one UserError that names the problem."""
@@ -288,6 +294,7 @@ def test_sampling_flags_are_taken_or_refused_in_one_line():
             assert args.temperature > 0 and 0 < args.top_p <= 1 and args.top_k >= 0 and args.num_samples >= 1
 
 
+@pytest.mark.integration
 def test_a_recipes_sampling_settings_are_taken_or_refused_in_one_line(tmp_path):
     """500 `sampling` objects (the four settings, misspelt ones, every JSON type and awkward number) in a real recipe,
     from the file and as a flag: either the run samples with finite settings in range, or one UserError."""
@@ -328,6 +335,7 @@ def test_a_recipes_sampling_settings_are_taken_or_refused_in_one_line(tmp_path):
     assert outcomes["refused"] > 100 and outcomes["parsed"] > 50
 
 
+@pytest.mark.integration
 def test_prompts_of_any_text_generate_or_are_refused(tmp_path):
     """300 prompts (real headers mutated with ABC pieces, random Unicode, empty, overlong): tunes or a UserError."""
     import torch

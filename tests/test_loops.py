@@ -39,6 +39,7 @@ def check_row(ids: list[int], start: int, period: int, tune: str) -> None:
     assert TOKENIZER.decode(ids[start : start + period]) in tune  # a line or bar of the tune itself
 
 
+@pytest.mark.integration
 def test_pseudo_loops_write_a_line_or_bar_of_each_tune_again_and_again_the_same_every_run(corpus):
     tunes = corpus["train"][:400]
     rows = pseudo_loops({"text": tunes}, list(range(len(tunes))), TOKENIZER, BLOCK, seed=3407)
@@ -54,6 +55,7 @@ def test_pseudo_loops_write_a_line_or_bar_of_each_tune_again_and_again_the_same_
     assert min(periods) < 20 < max(periods)  # bars and lines both
 
 
+@pytest.mark.integration
 def test_pseudo_loops_are_made_from_any_mutated_tune_or_none(corpus):
     """2,000 real tunes with 1-6 ABC-significant edits each, as a data file can hold them (`clean_abc` off keeps
     them as read; a decoded file never holds a lone surrogate): never an exception, and every row a true loop."""
@@ -140,6 +142,7 @@ def test_the_trainer_adds_the_penalty_in_training_only_and_leaves_the_language_m
         assert outputs.logits.shape[0] == len(batch["input_ids"]) + expected
 
 
+@pytest.mark.integration
 def test_a_run_with_the_loop_penalty_logs_it_and_names_it_in_its_plan(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(

@@ -107,6 +107,7 @@ def packed_tunes(rows) -> list[list[int]]:
     return tunes
 
 
+@pytest.mark.integration
 def test_windowed_packing_keeps_every_tune_once_and_its_statistics_exact(monkeypatch, tmp_path):
     """Packing in windows of tunes: every tune lands once, whole; the statistics read from numeric columns
     equal those counted from the token lists; padding stays near a single window's; workers change nothing."""

@@ -83,6 +83,7 @@ def test_same_recipe_and_seed_give_identical_loss_logs(tmp_path):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
+@pytest.mark.integration
 def test_checkpoints_are_safetensors_and_remote_code_is_off_by_default(tmp_path):
     """Weights are saved as safetensors (no pickle to load them), and hub code never runs unasked."""
     from finetune.recipe import parse_recipe
@@ -120,6 +121,7 @@ def test_a_disk_too_full_for_one_checkpoint_is_refused_before_training(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_save_total_limit_keeps_only_the_newest_checkpoints(tmp_path):
     out = tmp_path / "run"
     run_finetune(TINY_RECIPE, "--max_steps", 6, "--save_steps", 2, "--save_total_limit", 2, "--bf16", "false",

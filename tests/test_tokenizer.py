@@ -46,6 +46,7 @@ def test_any_unicode_string_round_trips(tokenizer):
     assert len(tokenizer("Łódź")["input_ids"]) == 1 + 2 + 1 + 1 + 2  # <s>, Ł as 2 bytes, ó, d, ź as 2 bytes
 
 
+@pytest.mark.integration
 def test_corpus_encodes_one_token_per_abc_character_with_the_ids_of_the_first_version(corpus, tokenizer):
     """Every corpus tune round-trips, needs no byte token, and gets the very ids the 175-token version gave it."""
     first = AutoTokenizer.from_pretrained(FIRST_VERSION)
@@ -84,6 +85,7 @@ def test_bits_per_char_counts_a_character_spelt_in_bytes_once(tokenizer):
     assert np.all(chars[tokenizer.all_special_ids] == 0)
 
 
+@pytest.mark.integration
 def test_learned_merges_keep_the_character_ids_shorten_tunes_and_stay_lossless(corpus, tmp_path):
     """`tokenizer_merges`: merges learned from the training tunes (the same every time) are appended to the character
     tokenizer, whose ids stay; held-out tunes take about half the tokens, and any text still round-trips."""

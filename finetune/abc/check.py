@@ -19,7 +19,7 @@ or guessed part of the text are (see ABC2MIDI_IDIOMS and ABC2MIDI_GUESSES).
 
 A tune is valid when its syntax is clean, K: is present, M:/L:/K: are well-formed, no off bar has a
 length found nowhere else in the tune (a broken bar; a length that recurs is the tune's own, often a
-metre M: does not state), and at least half of its bars keep the metre. `bars_off` counts every off bar.
+meter M: does not state), and at least half of its bars keep the meter. `bars_off` counts every off bar.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
         if fits is False and bar.readable and lengths[bar.duration] == 1:
             report.errors.append(f"bar {number} lasts {bar.duration} units, M: and L: want {bar.wanted}")
     if report.bars_off * 2 > report.bars_total:
-        report.errors.append(f"{report.bars_off} of {report.bars_total} bars are off the metre that M: and L: give")
+        report.errors.append(f"{report.bars_off} of {report.bars_total} bars are off the meter that M: and L: give")
     return report
 
 
@@ -157,7 +157,7 @@ def check_tunes(tunes: list[str], checker: str = "auto") -> list[dict]:
 
 
 def summarize(results: list[dict]) -> dict:
-    """The share of tunes that are valid and of bars on the metre, over `check_tunes` results."""
+    """The share of tunes that are valid and of bars on the meter, over `check_tunes` results."""
     bars = sum(r["bars_total"] for r in results)
     return {
         "validity": sum(r["valid"] for r in results) / len(results) if results else float("nan"),

@@ -1,6 +1,6 @@
-"""Sampling that keeps the metre: a `transformers.LogitsProcessor` that masks every token that would break the tune.
+"""Sampling that keeps the meter: a `transformers.LogitsProcessor` that masks every token that would break the tune.
 
-    processor = MetreLogitsProcessor(tokenizer, max_new_tokens=512)
+    processor = MeterLogitsProcessor(tokenizer, max_new_tokens=512)
     model.generate(input_ids, do_sample=True, top_k=8, logits_processor=LogitsProcessorList([processor]), ...)
 
 At each step, for each row, it tries the likeliest tokens in order on a copy of that row's `Reader` (the one
@@ -28,7 +28,7 @@ In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of
 token as soon as it is allowed, else a slur closed, a half-written token finished, the open bar closed (it may be
 short, as the last bar), with plain notes, rests and bar lines only. It works for any tokenizer: each token's text is decoded once; tokens
 that are not text on their own (byte pieces, special tokens) are refused. If no token among the vocabulary keeps
-the metre, the row keeps only the syntax for that step (its bar will be off), counted in `self.unconstrained_steps`.
+the meter, the row keeps only the syntax for that step (its bar will be off), counted in `self.unconstrained_steps`.
 A token that a processor before it has masked (-inf; sample.py puts the loop limit there) is refused too.
 """
 
@@ -101,7 +101,7 @@ LONG_LAYOUT_RUN = regex.compile(rf"[ `]{{{MAX_SPACES + 1}}}")  # backquotes too:
 
 @dataclass
 class RowState:
-    """A row's reader, with what the metre policy remembers about its bars."""
+    """A row's reader, with what the meter policy remembers about its bars."""
 
     reader: Reader
     owed: Fraction | None = None  # what the next bar must last to complete a bar split around a repeat
@@ -206,8 +206,8 @@ def token_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, ...]:
     return tuple(text if text and "\ufffd" not in text else None for text in texts)
 
 
-class MetreLogitsProcessor(LogitsProcessor):
-    """Masks the tokens that would break ABC syntax or the metre M: and L: give (see the module docstring)."""
+class MeterLogitsProcessor(LogitsProcessor):
+    """Masks the tokens that would break ABC syntax or the meter M: and L: give (see the module docstring)."""
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int | list[int], keep: int = 16,
@@ -252,12 +252,12 @@ class MetreLogitsProcessor(LogitsProcessor):
             row_weights = weights[row][: unmasked[row]] if weights else None
             ending = self.budgets[row] - written <= ENDING_MARGIN
             allowed = self._allowed(state, order[row], row_weights, ending=ending)
-            if not allowed and ending:  # no way to the end from here: keep the metre at least
+            if not allowed and ending:  # no way to the end from here: keep the meter at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)
-            if not allowed:  # the metre cannot be kept from here: keep the syntax, and let this bar be off
+            if not allowed:  # the meter cannot be kept from here: keep the syntax, and let this bar be off
                 self.unconstrained_steps += 1
                 # the `keep` likeliest, as top-k would choose them
-                syntax_ok = (t for t in order[row] if self.texts[t] and self._try(state, self.texts[t], metre=False))
+                syntax_ok = (t for t in order[row] if self.texts[t] and self._try(state, self.texts[t], meter=False))
                 allowed = list(itertools.islice(syntax_ok, self.keep))
             mask[row, allowed or [self.eos]] = 0
         return scores + mask
@@ -291,7 +291,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             else:
                 order, weights = _only(order, weights, lambda t: self.texts[t] is None or PLAIN_TEXT.match(self.texts[t]))
                 closing = [t for t in order if self.texts[t] and self._closes_bar(state, self.texts[t])
-                           and self._try(state, self.texts[t], metre=False) is not None]  # syntax and policy too
+                           and self._try(state, self.texts[t], meter=False) is not None]  # syntax and policy too
                 if closing:
                     return closing[: self.keep]
                 if not state.reader.has_notes:  # the last bar may not end the tune: only more music will
@@ -371,8 +371,8 @@ class MetreLogitsProcessor(LogitsProcessor):
         return cut is not None and (cut == 0 or found[cut - 1] < self.top_p * found[-1] * (1 - 1e-6))
 
     # ------------------------------------------------------------------ the policy
-    def _try(self, state: RowState, text: str, metre: bool = True):
-        """(owed, opening) after `text` if it is allowed, else None; with `metre` False, judge the syntax only."""
+    def _try(self, state: RowState, text: str, meter: bool = True):
+        """(owed, opening) after `text` if it is allowed, else None; with `meter` False, judge the syntax only."""
         before = state.reader
         if before.in_body and (not BODY_TEXT.match(text) or not _spaced(state.spacing + text)):
             return None
@@ -417,7 +417,7 @@ class MetreLogitsProcessor(LogitsProcessor):
             return None
         if done.multi_voice or done.slurs > MAX_SLURS or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key):
             return None
-        if not metre:
+        if not meter:
             return state.owed, state.opening
         if len(done.bars) > len(before.bars) and done.tuplet_left:
             return None  # a bar line inside a tuplet

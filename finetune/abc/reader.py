@@ -10,7 +10,7 @@ ties, slurs, decorations, annotations, bar lines, repeats and endings, and recor
 - `problems`: text that is not ABC (an unexpected character, a zero or absurd length, a malformed field).
 
 It never raises, whatever the text: a problem is recorded and reading goes on. `bar_fits` says which bars keep
-the metre, with the short bars that ABC practice writes on purpose (pickups, bars split around repeats).
+the meter, with the short bars that ABC practice writes on purpose (pickups, bars split around repeats).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def is_triple(value: str) -> bool:
 def tuplet_default_q(p: int, triple: bool) -> int:
     """ABC 2.1, 4.13: (2 is two in the time of three, (3 three in the time of two; (5 (7 (9 in the time of three
     where the meter's numerator is a multiple of 3, else of two. (ABC 2.1 says "compound time"; abc2midi, which
-    plays the tunes and checks them, takes 3/4 and 3/8 as well: measured in tests/test_evaluation.py.)"""
+    plays the tunes and checks them, takes 3/4 and 3/8 as well: measured in tests/abc/test_check.py.)"""
     if p in (2, 4, 8):
         return 3
     if p in (3, 6):
@@ -236,7 +236,7 @@ class Reader:
         return bar_units(self.meter, self.unit)
 
     def problem(self, message: str, in_bar: bool = True) -> None:
-        """Record text that is not ABC; the bar it stands in cannot be said to keep the metre."""
+        """Record text that is not ABC; the bar it stands in cannot be said to keep the meter."""
         self.problems.append(f"line {self.line}: {message}")
         if in_bar:
             self.readable = False
@@ -561,7 +561,7 @@ def section_openings(bars: list[Bar]) -> list[int]:
 
 
 def bar_fits(bars: list[Bar], i: int, openings: list[int] | None = None) -> bool | None:
-    """Does bar i keep the metre? None when there is none to keep (M:none).
+    """Does bar i keep the meter? None when there is none to keep (M:none).
 
     A bar fits when all of it could be read and it lasts what M: and L: ask. A short bar fits only where ABC
     practice writes one on purpose: the opening pickup, the last bar, a bar that with its neighbour across a

@@ -4,10 +4,10 @@
 
 The body of an ABC tune counts every length in units of L:, so when M: and L: are scaled together (a bar of
 six eighths written as a bar of six quarters) every note, rest, tuplet and bar line stays as it is written:
-only the header changes. M: keeps its numerator (a compound metre stays compound, so tuplets keep their
+only the header changes. M: keeps its numerator (a compound meter stays compound, so tuplets keep their
 default counts) and the bar keeps its number of L: units; Q: moves with L: (`Q:1/4=120` to `Q:1/2=120`), so
 the tune plays at the same speed. The data pipeline uses it to give the (M:, L:) pairs that few tunes use
-more tunes to learn their bar from (DataArguments.balance_metres).
+more tunes to learn their bar from (DataArguments.balance_meters).
 
 A tune this module cannot rewrite exactly is returned as None with the reason: one that changes M:, L: or Q:
 after its header, one without an L: (its unit would follow M:), M:none, or a Q: of another form (`Q:C=120`).
@@ -29,7 +29,7 @@ BARE_TEMPO = regex.compile(r'^\s*(?:"[^"]*"\s*)?(?:\d{1,4}\s*)?(?:"[^"]*"\s*)?$'
 
 
 def family(meter: str, unit: str) -> tuple[str, Fraction] | None:
-    """What a rescaling keeps of an (M:, L:) pair: the metre's numerator and the L: units of a bar.
+    """What a rescaling keeps of an (M:, L:) pair: the meter's numerator and the L: units of a bar.
 
     Two pairs of one family are the same bars written at different note values; None for M:none, a
     malformed field, or one of no bar."""
@@ -55,7 +55,7 @@ class _Rewriter:
         if kind == "token":
             text = piece.group()
             if piece.group("field") is not None and text[1] in "MLQ":
-                self.fail(f"an inline [{text[1]}:] field changes the metre or tempo inside the tune")
+                self.fail(f"an inline [{text[1]}:] field changes the meter or tempo inside the tune")
             self.out.append(text)
             return
         if kind == "field":
@@ -104,13 +104,13 @@ def _refusal(read: _Rewriter) -> str | None:
     if meter is None or unit is None:
         return "the header needs both M: and L: (without L:, the unit follows M:)"
     if family(meter, unit) is None:
-        return f"M:{meter} L:{unit} is no metre with bars"
+        return f"M:{meter} L:{unit} is no meter with bars"
     if tempo is not None and read.tempo(tempo) is None:
         return f"Q:{tempo} is a tempo this cannot rescale"
     return None
 
 
-def metre_pair(tune: str) -> tuple[str, str] | None:
+def meter_pair(tune: str) -> tuple[str, str] | None:
     """The (M:, L:) a tune is written in, when it can be written in another pair of its family; else None."""
     read = _read(tune)
     return None if _refusal(read) else (read.fields["M"], read.fields["L"])
@@ -124,7 +124,7 @@ def rescale(tune: str, meter: str, unit: str) -> tuple[str | None, str | None]:
     old_meter, old_unit = read.fields["M"], read.fields["L"]
     new = family(meter, unit)
     if new is None:
-        return None, f"M:{meter} L:{unit} is no metre with bars"
+        return None, f"M:{meter} L:{unit} is no meter with bars"
     if new != family(old_meter, old_unit):
         return None, (f"M:{meter} L:{unit} is not M:{old_meter} L:{old_unit} at another note value "
                       "(numerator and units per bar differ)")

@@ -170,7 +170,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
     write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
     kinds = {"own": replace(sample_args, constrain="none", max_repeats=0)}  # nothing masked: what the model learnt
-    if sample_args.constrain == "metre":
+    if sample_args.constrain == "meter":
         kinds["constrained"] = sample_args
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores

@@ -67,7 +67,7 @@ def _metrics_table(report: dict) -> str:
 
 def _tune_card(tune_id: str, label: str, record: dict, check: dict) -> str:
     verdict = '<span class="valid">valid</span>' if check["valid"] else f'<span class="invalid">{len(check["errors"])} problem(s)</span>'
-    bars = f'{check["bars_total"] - check["bars_off"]}/{check["bars_total"]} bars on the metre' if check["bars_total"] else "no bars"
+    bars = f'{check["bars_total"] - check["bars_off"]}/{check["bars_total"]} bars on the meter' if check["bars_total"] else "no bars"
     ending = (" · in a loop" if in_a_loop(record["text"]) else "") + ("" if record["ended"] else " · truncated")
     findings = "; ".join(check["errors"][:3]) + (" …" if len(check["errors"]) > 3 else "")
     return (

@@ -14,7 +14,7 @@ from ..tables import markdown_table
 # The kinds of generated tune a checkpoint is scored on (evaluate_checkpoints.py), as the report names them.
 TUNE_KINDS = {
     "own": "the model's own tunes: plain sampling, nothing masked",
-    "constrained": "constrained sampling: MetreLogitsProcessor masks tokens that would break ABC syntax or the metre, "
+    "constrained": "constrained sampling: MeterLogitsProcessor masks tokens that would break ABC syntax or the meter, "
                    "and LoopLimitLogitsProcessor a block of tokens repeated more than max_repeats times running",
 }
 # Columns of the table, in order, with how each is written; the reference row leaves the model-only ones out.

@@ -19,6 +19,7 @@ from ..tokenizer import BYTE_TOKEN
 
 MODULES_DIR = Path(__file__).resolve().parent / "modules"
 
+
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """A metric of modules/ by name; kept in memory so that processes of one run never share a cache file."""
     return evaluate.load(str(MODULES_DIR / name), keep_in_memory=True)

@@ -1,4 +1,4 @@
-"""Constrained sampling: the MetreLogitsProcessor refuses exactly the tokens that would break syntax or the metre,
+"""Constrained sampling: the MeterLogitsProcessor refuses exactly the tokens that would break syntax or the meter,
 decided on the one ABC reader; and through generate it makes an untrained model write tunes the checker reads."""
 
 import json
@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, run_finetune
 
 from finetune.abc.check import analyse
-from finetune.abc.constrain import MAX_SPACES, MetreLogitsProcessor
+from finetune.abc.constrain import MAX_SPACES, MeterLogitsProcessor
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)
@@ -19,7 +19,7 @@ TOKENIZER = build_abc_tokenizer(256)
 
 def allowed_after(text: str, max_new_tokens: int = 100) -> set[str]:
     """The token texts the processor keeps after `text`, when every token is equally likely."""
-    processor = MetreLogitsProcessor(TOKENIZER, max_new_tokens=max_new_tokens, keep=len(TOKENIZER))
+    processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=max_new_tokens, keep=len(TOKENIZER))
     ids = torch.tensor([TOKENIZER(text)["input_ids"]])
     scores = processor(ids, torch.zeros(1, len(TOKENIZER)))
     kept = torch.isfinite(scores[0]).nonzero().flatten().tolist()
@@ -54,11 +54,11 @@ def test_a_short_bar_closes_only_as_a_pickup_or_around_a_repeat():
 
     bars, owed, opening = Reader().feed(HEADER + "d2d dcd|d3 d2:| |:d|d2d dcd|d3 d2:|").bars, None, 0
     for index in range(len(bars)):
-        owed, opening = MetreLogitsProcessor._bar_closes(bars, index, owed, opening)
+        owed, opening = MeterLogitsProcessor._bar_closes(bars, index, owed, opening)
     assert (owed, opening) == (None, 2)  # no half bar owed after the last
 
 
-def test_the_prompted_metre_and_key_cannot_change_and_no_comment_or_field_line_starts():
+def test_the_prompted_meter_and_key_cannot_change_and_no_comment_or_field_line_starts():
     assert "%" not in allowed_after(HEADER + "A|d2d dcd|\n")
     assert ":" not in allowed_after(HEADER + "A|d2d dcd|\nM")  # `M` may be a decoration, never `M:` a field line
     inline = allowed_after(HEADER + "A|d2d dcd|[")
@@ -78,7 +78,7 @@ def test_the_tune_ends_with_nothing_open_and_its_last_bar_as_the_checker_reads_i
 def test_a_note_is_not_shortened_past_what_can_still_close_the_bar():
     """Found in a sampled tune: after `ABGBG||` the next bar owes 1 unit, and `(3FE//E//` pays it exactly. `E///`
     left 1/12 that no written note can pay: the room test counted on shortening it to `E////`, a length the policy
-    itself refuses, so the bar had no way to close on the metre and the processor let it run off."""
+    itself refuses, so the bar had no way to close on the meter and the processor let it run off."""
     owing = "M:3/4\nL:1/8\nK:A\nD2|ABGBG||(3FE//E//"
     assert "/" not in allowed_after(owing) and "|" in allowed_after(owing)
     assert "/" in allowed_after("M:3/4\nL:1/8\nK:A\nD2|ABGBG||(3F/E/E")  # `E/` pays it: (1/2 + 1/2 + 1/2) x 2/3
@@ -117,7 +117,7 @@ def test_a_tune_with_chord_symbols_stops_on_a_beat_of_its_accompaniment():
 
 @pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi not installed (Debian: apt-get install abcmidi)")
 def test_where_the_reader_lets_an_accompanied_tune_stop_abc2midi_holds_no_chord_on(tmp_path):
-    """The rule, against abc2midi itself: every last bar the reader allows, in common and odd metres, with and
+    """The rule, against abc2midi itself: every last bar the reader allows, in common and odd meters, with and
     without a pickup, ends clean; and the rule is not vacuous (abc2midi does flag some that it refuses)."""
     from fractions import Fraction
 
@@ -194,9 +194,10 @@ def as_sampled(tune: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("merges", [0, 1024], ids=["characters", "1024 learned merges"])
-def test_real_tunes_that_keep_the_metre_pass_token_by_token(corpus, merges):
+@pytest.mark.integration
+def test_real_tunes_that_keep_the_meter_pass_token_by_token(corpus, merges):
     """What a model learns from real tunes, the constraint lets it write: each held-out tune that the checker finds
-    valid with every bar on the metre is fed token by token as the likeliest choice, and must be kept to its end.
+    valid with every bar on the meter is fed token by token as the likeliest choice, and must be kept to its end.
 
     The rest use what the policy refuses on purpose (free text in quotes such as fingerings `"4"`, a decoration
     before a slur, a tie between different pitches, endings after a line break, blank bars). Measured: 556 of the
@@ -216,7 +217,7 @@ def test_real_tunes_that_keep_the_metre_pass_token_by_token(corpus, merges):
         encode = lambda text: tokenize_batch({"text": [text]}, tokenizer)["input_ids"][0][:-1]  # noqa: E731
         ids, prompt_ids = encode(prompt + body), encode(prompt)
         assert ids[: len(prompt_ids)] == prompt_ids
-        processor = MetreLogitsProcessor(tokenizer, max_new_tokens=len(ids) + 100, keep=1)
+        processor = MeterLogitsProcessor(tokenizer, max_new_tokens=len(ids) + 100, keep=1)
         written = torch.tensor([prompt_ids])
         for token in [*ids[len(prompt_ids):], tokenizer.eos_token_id]:
             scores = torch.zeros(1, len(tokenizer))
@@ -239,21 +240,23 @@ def test_near_the_budget_only_the_ending_is_kept():
     assert allowed_after(HEADER + "(A|d2d dc |)", max_new_tokens=10) == {"</s>"}
 
 
+@pytest.mark.integration
 def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
     """An untrained model (fresh weights) writes noise that no checker passes (validity 0, bar consistency 0:
-    test_bar_consistency_is_high_for_real_tunes_and_low_for_noise); constrained, its tunes keep syntax and metre.
-    Measured here: validity 0.969, bars on the metre 0.995 (issue 12 aims at 0.95 and 0.98); the floor leaves a
+    test_bar_consistency_is_high_for_real_tunes_and_low_for_noise); constrained, its tunes keep syntax and meter.
+    Measured here: validity 0.969, bars on the meter 0.995 (issue 12 aims at 0.95 and 0.98); the floor leaves a
     margin for the other CPU kind's arithmetic, which samples other tunes from the same seed."""
-    from test_evaluation import untrained_samples
+    from conftest import untrained_samples
 
-    tunes = untrained_samples(count=32, constrain="metre")
+    tunes = untrained_samples(count=32, constrain="meter")
     reports = [analyse(tune) for tune in tunes]
     validity = sum(r.valid for r in reports) / len(reports)
     bars = 1 - sum(r.bars_off for r in reports) / sum(r.bars_total for r in reports)
-    print(f"constrained untrained model: validity {validity:.3f}, bars on the metre {bars:.3f}")
+    print(f"constrained untrained model: validity {validity:.3f}, bars on the meter {bars:.3f}")
     assert validity >= 0.9 and bars >= 0.98
 
 
+@pytest.mark.integration
 def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     """The processor stops looking for allowed tokens once top-p's choice cannot change; sampled with the same
     seed, the tunes are token for token those of a search for all `keep` allowed tokens, at fewer tries."""
@@ -271,7 +274,7 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     prompt = torch.tensor([TOKENIZER(HEADER)["input_ids"]] * 4)
     tunes, tries = {}, {}
     for name, top_p in (("settled", 0.8), ("full search", 1.0)):
-        processor = MetreLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=8, temperature=1.2, top_p=top_p)
+        processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=8, temperature=1.2, top_p=top_p)
         processor._surely_refused = lambda state: None  # every token tried: the tries count top-p's saving alone
         calls = []
         original = processor._try
@@ -286,6 +289,7 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     assert tries["settled"] < 0.75 * tries["full search"]  # measured: 0.71
 
 
+@pytest.mark.integration
 def test_refusing_without_trying_keeps_exactly_the_tokens_that_trying_each_keeps():
     """Where the token being written is refused as it stands (a bar line closing a short bar, a note overfilling
     its bar) or the bar is full, the processor refuses texts without trying each (`_surely_refused`). Over
@@ -308,8 +312,8 @@ def test_refusing_without_trying_keeps_exactly_the_tokens_that_trying_each_keeps
         encoded = torch.tensor([TOKENIZER(prefix)["input_ids"]])
         scores = torch.randn(1, len(TOKENIZER), generator=torch.Generator().manual_seed(states))
         for budget in (400, 20):
-            passing = MetreLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
-            trying = MetreLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
+            passing = MeterLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
+            trying = MeterLogitsProcessor(TOKENIZER, max_new_tokens=budget, keep=len(TOKENIZER))
             trying._surely_refused = lambda state: None
             kept = [torch.isfinite(p(encoded, scores.clone())[0]).nonzero().flatten().tolist() for p in (passing, trying)]
             assert kept[0] == kept[1], (prefix, budget)
@@ -322,8 +326,8 @@ def test_refusing_without_trying_keeps_exactly_the_tokens_that_trying_each_keeps
 @pytest.mark.skipif(not shutil.which("abc2midi"), reason="abcmidi not installed (apt-get install abcmidi): issue 12's figures are abc2midi's")
 def test_constrained_sampling_rescues_the_3_step_checkpoint_of_the_documented_recipe(tmp_path):
     """recipes/music_abc.json after 3 steps (its learning rate then is 1.5e-7, 2000 warmup steps: the weights
-    are still the initialisation's) writes noise; through MetreLogitsProcessor its 64 tunes for held-out prompts
-    keep their bars on the metre and pass abc2midi: issue 12's targets, 0.98 and 0.95, measured 0.999 and 0.969
+    are still the initialisation's) writes noise; through MeterLogitsProcessor its 64 tunes for held-out prompts
+    keep their bars on the meter and pass abc2midi: issue 12's targets, 0.98 and 0.95, measured 0.999 and 0.969
     (62 of 64; own tunes: 0.017 and 0.0), 2 of 64 cut off at the budget. fp32 and one accumulation step, so that
     the 3 steps take seconds on any CPU: neither changes what 3 steps at that learning rate leave."""
     out = tmp_path / "music_abc_3steps"

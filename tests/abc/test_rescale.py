@@ -1,5 +1,5 @@
 """Rescaling: the same music at another note value (M: and L: scaled together), as music21 and the checker read it;
-and balance_metres, which tops up the rare (M:, L:) pairs of the training split with rescaled tunes."""
+and balance_meters, which tops up the rare (M:, L:) pairs of the training split with rescaled tunes."""
 
 import random
 import subprocess
@@ -14,7 +14,7 @@ from conftest import REPO
 
 from finetune.abc import header_length
 from finetune.abc.check import check_tunes
-from finetune.abc.rescale import family, metre_pair, rescale
+from finetune.abc.rescale import family, meter_pair, rescale
 from finetune.args import DataArguments
 from finetune.data import BALANCE_MIN_TUNES, clean_splits, load_raw_splits, with_rescaled_copies
 
@@ -34,7 +34,7 @@ def test_only_the_header_changes_and_the_tempo_moves_with_the_unit(meter, unit, 
     (JIG, "3/4", "1/4", "numerator and units per bar differ"),  # 6 quarters are not 3 quarters
     (JIG, "6/4", "1/8", "numerator and units per bar differ"),  # 12 eighths are not 6
     ("M:6/8\nK:D\nA|\n", "6/4", "1/4", "needs both M: and L:"),  # without L:, the unit follows M:
-    ("M:none\nL:1/8\nK:D\nA|\n", "6/4", "1/4", "no metre with bars"),
+    ("M:none\nL:1/8\nK:D\nA|\n", "6/4", "1/4", "no meter with bars"),
     ("M:6/8\nL:1/8\nK:D\nA|[M:3/4]A|\n", "6/4", "1/4", "inline [M:]"),
     ("M:6/8\nL:1/8\nK:D\nA|[Q:1/4=90]A|\n", "6/4", "1/4", "inline [Q:]"),
     ("M:6/8\nL:1/8\nK:D\nA|\nL:1/16\nA|\n", "6/4", "1/4", "after the header"),
@@ -53,7 +53,7 @@ def test_c_and_cut_time_are_four_and_two_beats():
 
 
 def scaled(pair: tuple[str, str], by: Fraction) -> tuple[str, str] | None:
-    """(M:, L:) with both note values multiplied by `by` ((6/8, 1/8) by 2 is (6/4, 1/4)); None where that is no metre."""
+    """(M:, L:) with both note values multiplied by `by` ((6/8, 1/8) by 2 is (6/4, 1/4)); None where that is no meter."""
     numerator, units = family(*pair)
     new_unit = Fraction(pair[1].replace(" ", "")) * by
     new = (f"{numerator}/{Fraction(int(numerator)) / (units * new_unit)}", str(new_unit)) if numerator.isdigit() else None
@@ -61,7 +61,7 @@ def scaled(pair: tuple[str, str], by: Fraction) -> tuple[str, str] | None:
 
 
 def rescalable(tune: str) -> bool:
-    return bool(metre_pair(tune)) and all(scaled(metre_pair(tune), by) for by in (Fraction(2), Fraction(1, 2)))
+    return bool(meter_pair(tune)) and all(scaled(meter_pair(tune), by) for by in (Fraction(2), Fraction(1, 2)))
 
 
 def music21_rhythm(text):
@@ -76,10 +76,11 @@ def music21_rhythm(text):
     return events, len(score.parts[0].getElementsByClass("Measure")) if score.parts else 0
 
 
+@pytest.mark.integration
 def test_real_tunes_keep_their_notes_and_bars_at_twice_and_half_the_note_values(corpus):
     """Over 40 held-out real tunes, each written at twice and at half its note values: music21 reads the same
     pitches in the same bars, every length scaled by exactly the factor (measured: 80 of 80), and the
-    checker's verdicts (validity, bars off the metre) do not change."""
+    checker's verdicts (validity, bars off the meter) do not change."""
     rng = random.Random(0)
     tunes = [t for t in rng.sample(list(corpus["validation"]), 80) if rescalable(t)][:40]
     assert len(tunes) == 40
@@ -87,7 +88,7 @@ def test_real_tunes_keep_their_notes_and_bars_at_twice_and_half_the_note_values(
     for tune in tunes:
         events, bars = music21_rhythm(tune)
         for by in (Fraction(2), Fraction(1, 2)):
-            new = rescale(tune, *scaled(metre_pair(tune), by))[0]
+            new = rescale(tune, *scaled(meter_pair(tune), by))[0]
             assert new is not None and new[header_length(new):] == tune[header_length(tune):]
             new_events, new_bars = music21_rhythm(new)
             exact += new_bars == bars and new_events == [(p, q * by) for p, q in events]
@@ -99,11 +100,12 @@ def test_real_tunes_keep_their_notes_and_bars_at_twice_and_half_the_note_values(
     ]
 
 
+@pytest.mark.integration
 def test_there_and_back_gives_the_tune_back(corpus):
     tunes = [t for t in random.Random(1).sample(list(corpus["train"]), 500) if rescalable(t)]
     assert len(tunes) > 400  # most real tunes can be rescaled
     for tune in tunes:
-        pair = metre_pair(tune)
+        pair = meter_pair(tune)
         there = rescale(tune, *scaled(pair, Fraction(2)))[0]
         assert rescale(there, *pair)[0] == tune
 
@@ -118,7 +120,8 @@ def test_the_command_prints_one_tune_per_tune_and_keeps_those_it_cannot_rewrite(
     assert result.stderr.count("% not rescaled:") == 1
 
 
-def test_balance_metres_tops_up_rare_pairs_with_their_family_only_in_train(tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_balance_meters_tops_up_rare_pairs_with_their_family_only_in_train(tmp_path, monkeypatch):
     """Each pair with 2 to `up_to - 1` training tunes reaches `up_to` (or all its family has), with copies of
     other pairs' tunes of its family, bodies unchanged; common and one-tune pairs get none; validation is as
     it was; the copies are the same at every run."""
@@ -126,15 +129,15 @@ def test_balance_metres_tops_up_rare_pairs_with_their_family_only_in_train(tmp_p
     up_to = 40
     plain = DataArguments(max_train_samples=3000, max_eval_samples=50)
     base, _ = clean_splits(load_raw_splits(plain), plain)
-    args = DataArguments(max_train_samples=3000, max_eval_samples=50, balance_metres=up_to)
+    args = DataArguments(max_train_samples=3000, max_eval_samples=50, balance_meters=up_to)
     balanced, _ = clean_splits(load_raw_splits(args), args)
     assert balanced["validation"]["text"][:] == base["validation"]["text"][:]
     originals = base["train"]["text"][:]
     texts = balanced["train"]["text"][:]
     assert texts[: len(originals)] == originals
     copies = texts[len(originals):]
-    before = Counter(p for t in originals if (p := metre_pair(t)))
-    after = Counter(p for t in texts if (p := metre_pair(t)))
+    before = Counter(p for t in originals if (p := meter_pair(t)))
+    after = Counter(p for t in texts if (p := meter_pair(t)))
     family_size = Counter()
     for pair, n in before.items():
         family_size[family(*pair)] += n

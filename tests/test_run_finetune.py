@@ -11,6 +11,8 @@ import torch
 from conftest import TINY_RECIPE, run_cli, run_finetune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+pytestmark = pytest.mark.integration  # every test here trains a model or runs a command end to end
+
 ACCEPTANCE_FLAGS = [
     "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "2",
     "--save_steps", "2", "--eval_steps", "2", "--logging_steps", "1",

@@ -5,6 +5,7 @@ counts as cut off exactly where a sample writing it is. The settings: min_p reac
 write what each prompt writes alone; every command prints its help."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, Logi
 
 from finetune.abc import header_length
 from finetune.abc.check import analyse
-from finetune.abc.constrain import MetreLogitsProcessor
+from finetune.abc.constrain import MeterLogitsProcessor
 from finetune.evaluation.token_metrics import load_metric
 from finetune.generation import SampleArguments, cut_off_real_tunes, generate_tunes, prompt_from_tune
 from finetune.loops import LoopLimitLogitsProcessor, in_a_loop, most_copies
@@ -23,6 +24,7 @@ from finetune.tokenizer import build_abc_tokenizer
 TOKENIZER = build_abc_tokenizer(256)
 
 
+@pytest.mark.integration
 def test_real_tunes_are_touched_exactly_where_a_block_comes_a_fourth_time(corpus):
     """Teacher-forced over the held-out tunes (their first 512 tokens, batched), the processor masks a tune's own
     next token in exactly the tunes where the run-length count (`most_copies`, the loops metric's) finds a block
@@ -85,14 +87,14 @@ def test_a_model_caught_in_a_loop_is_cut_out_of_it():
         assert 2.9 < copies(row) <= 3  # three copies, then it must write something else, and again
 
 
-def test_under_the_metre_the_loop_is_cut_too_and_the_bars_stay_whole():
-    """sample.py's order: the loop limit, then the metre, which chooses among the tokens left. Keeping one token
-    (as top-p does where the model is sure), the metre would otherwise hand the limit the loop's token alone."""
-    def metre():
-        return MetreLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=1)
+def test_under_the_meter_the_loop_is_cut_too_and_the_bars_stay_whole():
+    """sample.py's order: the loop limit, then the meter, which chooses among the tokens left. Keeping one token
+    (as top-p does where the model is sure), the meter would otherwise hand the limit the loop's token alone."""
+    def meter():
+        return MeterLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=1)
 
-    assert all(copies(row) >= 10 for row in written("d2d dcd|", Echo(8), metre()))  # a loop on the metre, then the end
-    for row in written("d2d dcd|", Echo(8), LoopLimitLogitsProcessor(max_repeats=3), metre()):
+    assert all(copies(row) >= 10 for row in written("d2d dcd|", Echo(8), meter()))  # a loop on the meter, then the end
+    for row in written("d2d dcd|", Echo(8), LoopLimitLogitsProcessor(max_repeats=3), meter()):
         report = analyse(HEADER + row)
         assert 2.9 < copies(row) <= 3 and report.bars_off == 0, row
 
@@ -108,6 +110,7 @@ def test_the_only_token_a_row_has_left_is_never_taken():
     assert out[0, block[0]] == 0 and torch.isinf(out[1, block[0]]) and torch.isfinite(out[1]).sum() == len(TOKENIZER) - 1
 
 
+@pytest.mark.integration
 def test_the_loops_metric_finds_loops_in_real_tunes_only_where_one_is_written_in(corpus):
     """The metric can fail both ways: real tunes score about 1%; the same tunes with one of their lines (8 to 128
     characters) written four times running score 1, and twice, as tunes often do, as before."""
@@ -178,7 +181,7 @@ def test_min_p_keeps_the_tokens_near_the_likeliest_one():
     assert tunes(top_k=0, top_p=1.0, min_p=0.0) != greedy
 
 
-@pytest.mark.parametrize("constrain", ["none", "metre"])
+@pytest.mark.parametrize("constrain", ["none", "meter"])
 def test_prompts_of_any_length_share_a_padded_batch_and_write_what_each_would_alone(constrain):
     """--batching padded (an accelerator's default): one generate call for prompts of three lengths, padded on the
     left; greedy, each tune is the one its prompt writes alone (positions and the processors' rows skip the
@@ -212,3 +215,24 @@ def test_every_command_prints_its_help(script, capsys):
     """argparse formats each help text with %: a bare % in one (`1.1% of`) made --help raise."""
     code, stdout, stderr = run_cli(["--help"], capsys, script)
     assert code == 0 and "usage" in stdout.lower() and "--max_repeats" in stdout, stderr[-1000:]
+
+
+def test_midi_is_written_for_a_real_tune_and_a_slow_one_is_given_up_with_the_reason(tmp_path):
+    from finetune.generation import write_midi
+
+    assert write_midi("X:1\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n", tmp_path / "a.mid", writer="music21") is None
+    assert (tmp_path / "a.mid").stat().st_size > 0
+    long_tune = "X:1\nM:6/8\nL:1/8\nK:D\n" + "|:ABc def:|\n" * 300
+    assert write_midi(long_tune, tmp_path / "b.mid", seconds=0.05, writer="music21").startswith("_TooSlow: gave up after 0.05 s")
+
+
+@pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi not installed (Debian: apt-get install abcmidi)")
+def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
+    """A repeat opened and never closed, as a model writes it and abc2midi passes it: music21 gives up."""
+    from finetune.generation import write_midi
+
+    tune = "X:1\nM:4/4\nL:1/8\nK:G\nD2 | G2B2d2cB | A2A2G2z2 || |:B2d2g2e2 | d4z2 |]\n"
+    assert write_midi(tune, tmp_path / "m.mid", writer="music21").startswith("ExpanderException")
+    assert write_midi(tune, tmp_path / "a.mid") is None and (tmp_path / "a.mid").stat().st_size > 0
+    assert write_midi("no tune at all", tmp_path / "a.mid").startswith("abc2midi wrote no MIDI")
+    assert not (tmp_path / "a.mid").exists()  # the earlier file is gone, not passed off as this one's

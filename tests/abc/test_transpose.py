@@ -75,6 +75,7 @@ def abc2abc(tune, semitones, tmp_path):
     return out.split("\n", 1)[1] if out.startswith("X:") else out
 
 
+@pytest.mark.integration
 def test_real_tunes_move_by_exactly_the_shift_as_music21_reads_them(corpus, tmp_path):
     """>= 99% of (tune, shift) pairs of real held-out tunes move every note, chord and chord-symbol root by
     exactly the shift; abc2abc -t N, scored the same way, is the yardstick (measured on 1,200 pairs:
@@ -99,6 +100,7 @@ def test_real_tunes_move_by_exactly_the_shift_as_music21_reads_them(corpus, tmp_
     assert [(v["valid"], v["bars_off"]) for v in before] == [(v["valid"], v["bars_off"]) for v in after]
 
 
+@pytest.mark.integration
 def test_up_and_back_down_gives_the_tune_back(corpus):
     """A round trip through any shift returns the very text for nearly every tune (measured: 99.9% of 2,000)."""
     rng = random.Random(1)

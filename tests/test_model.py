@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+pytestmark = pytest.mark.integration  # every test here trains a model or runs a command end to end
+
 LORA_RECIPE = REPO / "recipes" / "music_abc_lora.json"
 SHORT = [
     "--max_steps", "3", "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "2",
