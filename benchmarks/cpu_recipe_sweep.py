@@ -85,7 +85,7 @@ def write(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run only these variants")
-    parser.add_argument("--steps", type=int, default=240, help="optimizer steps per variant (240: 7-13 min on 2 cores)")
+    parser.add_argument("--steps", type=int, default=240, help="optimizer steps per variant")
     parser.add_argument("--out", default="runs/sweep", help="folder for the variants' runs")
     parser.add_argument("--recipe", default=RECIPE, help="the recipe the variants change")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "cpu-recipe-sweep"),

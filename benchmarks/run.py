@@ -1,6 +1,6 @@
 """Speed and memory of this repo against the machine's limit and the plain way, measured in one run.
 
-    python benchmarks/run.py --quick        # ~2 min on a 2-core CPU
+    python benchmarks/run.py --quick        # the quick recipe's model only, fewer steps
     python benchmarks/run.py                # adds the music_abc and 100M models, longer runs (~30 min)
     python benchmarks/run.py --data-scale 100000,1000000   # data preparation at scale only (~5 min)
 
@@ -387,7 +387,7 @@ def results_markdown(device: str, results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the short version (~2 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="the short version: the quick recipe's model, fewer steps")
     parser.add_argument("--recipe", default="recipes/music_abc_quick.json", help="the model and data to measure")
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/<host>.json)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per throughput run")

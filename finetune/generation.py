@@ -86,8 +86,8 @@ class SampleArguments:
     max_repeats: int = field(
         default=LOOP_REPEATS,
         metadata={"help": f"Write a block of {LOOP_MIN_TOKENS} or more tokens at most this many times back to back, "
-                  "so that a loop is cut (LoopLimitLogitsProcessor; 1 in 90 training tunes repeats one more than "
-                  f"{LOOP_REPEATS} times); 0 turns it off."},
+                  "so that a loop is cut (LoopLimitLogitsProcessor; real tunes seldom repeat a block more often); 0 "
+                  "turns it off."},
     )
     constrain: Literal["meter", "none"] = field(
         default="meter",

@@ -2,9 +2,11 @@
 sampling to the meter. It imports nothing else of this project; everything else imports it.
 
     text.py    tune books: bytes to text, tunes split and cleaned, the header/body boundary, a rewriting command
-    reader.py  the one reader of tune text, incremental: tokens, durations, bars, which bars keep the meter
+    reader.py  the one reader of tune text, incremental: tokens, durations, bars, which bars keep the meter; beside it,
+               Abc2midiQuirks counts what abc2midi refuses although ABC allows it
     check.py   the strict checker (abc2midi or the reader), also `python -m finetune.abc.check FILE...`
-    constrain.py  MeterLogitsProcessor: sampling that keeps ABC syntax and the meter, on the same reader
+    policy.py  what may come next in a tune being written: named checks that give a verdict on a text
+    constrain.py  MeterLogitsProcessor: the search over ranked tokens that samples within the policy
     transpose.py  exact transposition (keys, accidentals, chord symbols), also `python -m finetune.abc.transpose`
     rescale.py    the same tune at another note value (6/8 with L:1/8 as 6/4 with L:1/4), also `python -m finetune.abc.rescale`
 """

@@ -10,7 +10,9 @@ ties, slurs, decorations, annotations, bar lines, repeats and endings, and recor
 - `problems`: text that is not ABC (an unexpected character, a zero or absurd length, a malformed field).
 
 It never raises, whatever the text: a problem is recorded and reading goes on. `bar_fits` says which bars keep
-the meter, with the short bars that ABC practice writes on purpose (pickups, bars split around repeats).
+the meter, with the short bars that ABC practice writes on purpose (pickups, bars split around repeats). What
+abc2midi refuses although ABC allows it is not a problem of the text: the reader tells `Abc2midiQuirks` each
+token, bar line and line end, and it counts those for the sampler (policy.py).
 """
 
 from __future__ import annotations
@@ -159,6 +161,105 @@ class Bar:
         return Bar(self.duration, self.wanted, self.before, self.after, self.line, self.readable, self.line_end)
 
 
+@dataclass(slots=True)
+class Abc2midiQuirks:
+    """What abc2midi refuses although ABC allows it, counted as a Reader reads, for the sampler (the checker leaves
+    it to abc2midi itself): a one-character decoration (`~`, `H`, `.`) not followed by a note, rest or chord, a roll
+    or trill (`~`, `T`) on a chord; a second `|:` before the first is closed, `::` right after a `:|`; a variant
+    ending (`|2`) before the last is closed; a tie after anything but a note or chord (or after a staccato note), or
+    before anything but bar lines, space and a note (of the same pitch) or chord; grace notes followed by anything
+    but a note or chord; a tuplet opened before the last one has all its notes. Also whether abc2midi will
+    accompany the tune (`may_stop_after`). The reader tells it each token, bar line and line end as it reads them.
+    """
+
+    count: int = 0  # quirks so far
+    decorated: str = ""  # one-character decorations waiting for their note
+    repeat: str = "start"  # "open" after `|:` or `::`, "closed" after `:|`
+    ending_open: bool = False
+    kind: str = ""  # of the last token
+    previous: str = ""  # of the token before it
+    tied: bool = False  # a tie waits for its next note
+    tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
+    pitch: str = ""  # of the last note
+    graced: bool = False  # grace notes wait for theirs
+    staccato: bool = False  # the last note is staccato (`.A`): abc2midi cannot tie it
+    accompanied: bool = False  # a chord symbol was read: abc2midi accompanies the rest of the tune
+
+    def copy(self) -> Abc2midiQuirks:
+        return Abc2midiQuirks(
+            self.count, self.decorated, self.repeat, self.ending_open, self.kind, self.previous, self.tied,
+            self.tied_pitch, self.pitch, self.graced, self.staccato, self.accompanied,
+        )
+
+    def token(self, kind: str, match: regex.Match) -> None:
+        """Any token, before the reader reads it."""
+        self.previous = self.kind
+        if self.decorated and kind not in ("note", "rest", "decoration"):
+            self.count += kind != "chord_start" or any(roll in self.decorated for roll in ROLLS)
+            self.decorated = ""
+        if self.graced and kind not in ("note", "chord_start"):
+            self.count += 1
+        if self.tied and kind not in ("note", "chord_start", "bar", "space", "comment", "continuation"):
+            self.count += 1
+        elif self.tied and kind == "bar" and (":" in match.group() or any(c.isdigit() for c in match.group())):
+            self.count += 1  # no tie across a repeat or into a variant ending
+        if kind == "tie":
+            self.count += self.kind not in ("note", "chord_end") or self.staccato
+            self.tied_pitch = self.pitch if self.kind == "note" else None
+        elif kind == "note":
+            pitch = match.group("pitch") + match.group("octave")
+            self.count += self.tied and self.tied_pitch is not None and pitch != self.tied_pitch
+            self.pitch = pitch
+        self.tied = kind == "tie" or self.tied and kind not in ("note", "rest", "chord_start")
+        self.graced = kind == "grace"
+        if kind != "comment":
+            self.kind = kind
+        if kind == "decoration" and len(match.group()) == 1:  # `!trill!` and `+trill+` may stand alone
+            self.decorated += match.group()
+        elif kind in ("note", "rest"):
+            self.staccato, self.decorated = "." in self.decorated, ""
+        elif kind == "chord_end":
+            self.staccato = False
+        elif kind == "symbol" and match.group()[1:2] in "ABCDEFG":
+            self.accompanied = True
+
+    def line_end(self) -> None:
+        if self.decorated:
+            self.count += 1
+            self.decorated = ""
+        self.kind = "line end"
+
+    def bar(self, bar: str, last_bar: str) -> None:
+        """Follow repeats and variant endings as abc2midi does; `last_bar` is the bar line before this one."""
+        if bar.startswith(":") or "||" in bar or "|]" in bar or "|:" in bar:
+            self.ending_open = False
+        opens = bar.rstrip("0123456789,- [").endswith(":")
+        if opens and bar.startswith(":"):  # `::` closes one section and opens the next
+            self.count += self.repeat == "closed"
+            self.repeat = "open"
+        elif opens:  # `|:`
+            self.count += self.repeat == "open"
+            self.repeat = "open"
+        elif bar.startswith(":"):
+            self.repeat = "closed"
+        digits = [c for c in bar if c.isdigit()]
+        if digits:
+            # a second ending follows the repeat it completes: `:|2`, `:| [2`
+            after_repeat = bar.startswith(":") or self.previous == "bar" and last_bar.startswith(":")
+            self.count += self.ending_open or (digits[0] != "1" and not after_repeat)
+            self.ending_open = True
+
+    def tuplet(self, nested: bool) -> None:
+        self.count += nested  # abc2midi: "nested tuples"
+
+    def may_stop_after(self, bar: Bar, unit: Fraction) -> bool:
+        """May the tune stop once `bar` closes (`unit`: the L: in effect)? Not where abc2midi's accompaniment would
+        hold a chord on."""
+        if not self.accompanied or bar.duration == bar.wanted:
+            return True
+        return (bar.duration * unit / ACCOMPANIMENT_STEP).denominator == 1
+
+
 @dataclass
 class Reader:
     """Reading state of one tune. Feed text with `feed`, end with `finish`; `copy()` forks it cheaply."""
@@ -191,17 +292,6 @@ class Reader:
     field_line: str | None = None
     content_since_bar: bool = False
     finished: bool = False
-    # What abc2midi refuses although ABC allows it, counted for the sampler (the checker leaves it to abc2midi):
-    # a one-character decoration (`~`, `H`, `.`) not followed by a note, rest or chord, a roll or trill (`~`,
-    # `T`) on a chord; a second `|:` before the first is closed, `::` right after a `:|`; a variant ending (`|2`)
-    # before the last is closed; a tie after anything but a note or chord (or after a staccato note), or before
-    # anything but bar lines, space and a note (of the same pitch) or chord; grace notes followed by anything but
-    # a note or chord; a tuplet opened before the last one has all its notes.
-    quirks: int = 0
-    decorated: str = ""  # one-character decorations waiting for their note
-    repeat: str = "start"  # "open" after `|:` or `::`, "closed" after `:|`
-    ending_open: bool = False
-    last_kind: str = ""  # of the token before
     last_bar: str = ""  # the last bar line
     bar_on_line: bool = False  # a bar line was read on this line
     # Bar lines closing a bar with nothing in it on their line (`| |`, `|| ||`, `:| ||`): blank staves of tune
@@ -209,12 +299,7 @@ class Reader:
     # (`:| |:`), a variant ending after a plain bar line or a repeat (`| [1`, `:| [2`), and the first on its line
     # (`|\n| G2`).
     empty_bars: int = 0
-    tied: bool = False  # a tie waits for its next note
-    tied_pitch: str | None = None  # which must be of this pitch (None: the tie follows a chord)
-    pitch: str = ""  # of the last note
-    graced: bool = False  # grace notes wait for theirs
-    staccato: bool = False  # the last note is staccato (`.A`): abc2midi cannot tie it
-    accompanied: bool = False  # a chord symbol was read: abc2midi accompanies the rest of the tune
+    abc2midi: Abc2midiQuirks = field(default_factory=Abc2midiQuirks)
     # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
     # ("field", text) for a field line, ("text", text) for a newline or a character that is no ABC.
     listener: Callable[..., None] | None = None
@@ -228,6 +313,7 @@ class Reader:
             twin.bars[-1] = self.bars[-1].copy()
         if self.chord is not None:
             twin.chord = list(self.chord)
+        twin.abc2midi = self.abc2midi.copy()
         return twin
 
     # ------------------------------------------------------------------ what the music asks for
@@ -316,10 +402,7 @@ class Reader:
         if self.line_start and self.pending:  # a lone letter on its line
             self.line_start = False
         self.flush()
-        if self.decorated:
-            self.quirks += 1
-            self.decorated = ""
-        self.last_kind = "line end"
+        self.abc2midi.line_end()
         if self.field_line is None:
             if self.chord is not None:
                 self.problem("chord '[' not closed on its line")
@@ -372,27 +455,7 @@ class Reader:
 
     def _token(self, match: regex.Match, kind: str) -> None:
         self._hear("token", match)
-        previous = self.last_kind
-        if self.decorated and kind not in ("note", "rest", "decoration"):
-            self.quirks += kind != "chord_start" or any(roll in self.decorated for roll in ROLLS)
-            self.decorated = ""
-        if self.graced and kind not in ("note", "chord_start"):
-            self.quirks += 1
-        if self.tied and kind not in ("note", "chord_start", "bar", "space", "comment", "continuation"):
-            self.quirks += 1
-        elif self.tied and kind == "bar" and (":" in match.group() or any(c.isdigit() for c in match.group())):
-            self.quirks += 1  # no tie across a repeat or into a variant ending
-        if kind == "tie":
-            self.quirks += self.last_kind not in ("note", "chord_end") or self.staccato
-            self.tied_pitch = self.pitch if self.last_kind == "note" else None
-        elif kind == "note":
-            pitch = match.group("pitch") + match.group("octave")
-            self.quirks += self.tied and self.tied_pitch is not None and pitch != self.tied_pitch
-            self.pitch = pitch
-        self.tied = kind == "tie" or self.tied and kind not in ("note", "rest", "chord_start")
-        self.graced = kind == "grace"
-        if kind != "comment":
-            self.last_kind = kind
+        self.abc2midi.token(kind, match)
         if kind in ("space", "comment", "continuation"):
             return
         if kind == "bar" and self.bar_on_line and not self.content_since_bar and not self.has_notes:
@@ -405,17 +468,15 @@ class Reader:
             letter, value = match.group()[1], match.group()[3:-1]
             if letter in "ML":
                 self._field(letter, value)
-        elif kind == "decoration" and len(match.group()) == 1:  # `!trill!` and `+trill+` may stand alone
-            self.decorated += match.group()
         elif kind == "bar":
-            self._repeats(match.group(), previous)
+            self.abc2midi.bar(match.group(), self.last_bar)
+            self.last_bar = match.group()
             if self.chord is not None:
                 self.problem("bar line inside a chord")
                 self.chord = None
             self._close_bar(match.group())
             self.content_since_bar, self.bar_on_line = False, True
         elif kind in ("note", "rest"):
-            self.staccato, self.decorated = "." in self.decorated, ""
             text = match.group("len") if kind == "note" else match.group("rlen")
             length = parse_length(text)
             if length is None:
@@ -435,7 +496,6 @@ class Reader:
                 self.problem("'[' inside a chord")
             self.chord = []
         elif kind == "chord_end":
-            self.staccato = False
             self._chord_end(match.group("clen"))
         elif kind == "tuplet":
             self._tuplet(match)
@@ -445,36 +505,6 @@ class Reader:
             self.slurs = self.slurs + 1 if match.group() == "(" else max(self.slurs - 1, 0)
         elif kind == "overlay":
             self.multi_voice = True
-        elif kind == "symbol" and match.group()[1:2] in "ABCDEFG":
-            self.accompanied = True
-
-    def may_stop_after(self, bar: Bar) -> bool:
-        """May the tune stop once `bar` closes? Not where abc2midi's accompaniment would hold a chord on."""
-        if not self.accompanied or bar.duration == bar.wanted:
-            return True
-        whole_notes = bar.duration * unit_length(self.meter, self.unit)
-        return (whole_notes / ACCOMPANIMENT_STEP).denominator == 1
-
-    def _repeats(self, bar: str, previous: str) -> None:
-        """Follow repeats and variant endings as abc2midi does (see `quirks`)."""
-        if bar.startswith(":") or "||" in bar or "|]" in bar or "|:" in bar:
-            self.ending_open = False
-        opens = bar.rstrip("0123456789,- [").endswith(":")
-        if opens and bar.startswith(":"):  # `::` closes one section and opens the next
-            self.quirks += self.repeat == "closed"
-            self.repeat = "open"
-        elif opens:  # `|:`
-            self.quirks += self.repeat == "open"
-            self.repeat = "open"
-        elif bar.startswith(":"):
-            self.repeat = "closed"
-        digits = [c for c in bar if c.isdigit()]
-        if digits:
-            # a second ending follows the repeat it completes: `:|2`, `:| [2`
-            after_repeat = bar.startswith(":") or previous == "bar" and self.last_bar.startswith(":")
-            self.quirks += self.ending_open or (digits[0] != "1" and not after_repeat)
-            self.ending_open = True
-        self.last_bar = bar
 
     def _chord_end(self, length_text: str) -> None:
         if self.chord is None:
@@ -496,7 +526,7 @@ class Reader:
             self.problem(f"tuplet {match.group()!r} is not a tuplet (e.g. (3 or (3:2:3)")
             return
         q = int(q_text) if q_text else tuplet_default_q(p, self.triple)
-        self.quirks += self.tuplet_left > 0  # abc2midi: "nested tuples"
+        self.abc2midi.tuplet(nested=self.tuplet_left > 0)
         self.tuplet_left, self.tuplet_ratio = int(r_text) if r_text else p, Fraction(q, p)
 
     def _broken(self, arrows: str) -> None:

@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import REPO, run_finetune
 
+from finetune.abc import policy
 from finetune.abc.check import analyse
-from finetune.abc.constrain import MAX_SPACES, MeterLogitsProcessor
+from finetune.abc.constrain import MeterLogitsProcessor
+from finetune.abc.policy import MAX_SPACES
 from finetune.tokenizer import build_abc_tokenizer
 
 TOKENIZER = build_abc_tokenizer(256)
@@ -54,7 +56,7 @@ def test_a_short_bar_closes_only_as_a_pickup_or_around_a_repeat():
 
     bars, owed, opening = Reader().feed(HEADER + "d2d dcd|d3 d2:| |:d|d2d dcd|d3 d2:|").bars, None, 0
     for index in range(len(bars)):
-        owed, opening = MeterLogitsProcessor._bar_closes(bars, index, owed, opening)
+        owed, opening = policy.bar_closes(bars, index, owed, opening)
     assert (owed, opening) == (None, 2)  # no half bar owed after the last
 
 
@@ -122,7 +124,7 @@ def test_where_the_reader_lets_an_accompanied_tune_stop_abc2midi_holds_no_chord_
     from fractions import Fraction
 
     from finetune.abc.check import _abc2midi_errors
-    from finetune.abc.reader import read
+    from finetune.abc.reader import read, unit_length
 
     refused_and_flagged = 0
     for meter in ("2/4", "3/4", "4/4", "C|", "6/8", "9/8", "5/4", "7/8"):
@@ -133,7 +135,7 @@ def test_where_the_reader_lets_an_accompanied_tune_stop_abc2midi_holds_no_chord_
                 tune = f'M:{meter}\nL:1/16\nK:G\n{pickup}"G"A{full} |"D"A{full}|A{last}|]\n'
                 reader = read(tune)
                 flagged = any("Sustained" in e for e in _abc2midi_errors(tune, tmp_path))
-                if reader.may_stop_after(reader.bars[-1]):
+                if reader.abc2midi.may_stop_after(reader.bars[-1], unit_length(reader.meter, reader.unit)):
                     assert not flagged, tune
                 refused_and_flagged += flagged
     assert refused_and_flagged > 20
@@ -257,7 +259,7 @@ def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
 
 
 @pytest.mark.integration
-def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
+def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes(monkeypatch):
     """The processor stops looking for allowed tokens once top-p's choice cannot change; sampled with the same
     seed, the tunes are token for token those of a search for all `keep` allowed tokens, at fewer tries."""
     import json
@@ -272,13 +274,12 @@ def test_stopping_once_top_p_is_settled_samples_the_very_same_tunes():
     with torch.no_grad():
         model.lm_head.weight.mul_(40)  # peaked next-token distributions, as a trained model's are
     prompt = torch.tensor([TOKENIZER(HEADER)["input_ids"]] * 4)
-    tunes, tries = {}, {}
+    tunes, tries, verdict = {}, {}, policy.verdict
     for name, top_p in (("settled", 0.8), ("full search", 1.0)):
         processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=120, keep=8, temperature=1.2, top_p=top_p)
         processor._surely_refused = lambda state: None  # every token tried: the tries count top-p's saving alone
         calls = []
-        original = processor._try
-        processor._try = lambda *args, calls=calls, original=original, **kwargs: calls.append(1) or original(*args, **kwargs)
+        monkeypatch.setattr(policy, "verdict", lambda *args, calls=calls, **kwargs: calls.append(1) or verdict(*args, **kwargs))
         set_seed(1)
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), logits_processor=LogitsProcessorList([processor]),
                              do_sample=True, temperature=1.2, top_k=8, top_p=0.8, max_new_tokens=120,
