@@ -37,13 +37,13 @@ from .reader import SECTION_BAR, SECTION_START, Reader, token_may_begin, unit_le
 FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
-# (`"Am7/G"`) and annotations (`"^fine"`: up to 12 characters and no bar lines or brackets, as all but 3 of the
-# training tunes' 713 write them, so that no music hides in one) rather than free text in quotes; named decorations;
-# notes in grace groups.
+# (`"Am7/G"`) and annotations (`"^fine"`: up to 12 characters, opening with a letter, digit or dot, with no bar lines
+# or brackets, so that no music hides in one and no blank or stray mark stands for one) rather than free text in
+# quotes, one to a note (symbol_waits); named decorations; notes in grace groups.
 BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
 WRITTEN_TOKEN = regex.compile(
     r"""
-    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][ !\#-Z^-z~]{1,12})"
+    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][A-Za-z0-9.][ !\#-Z^-z~]{0,11})"
   | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
         |[<>][()])!
   | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}
@@ -92,6 +92,7 @@ class TuneState:
     owed: Fraction | None = None  # what the next bar must last to complete a bar split around a repeat
     opening: int = 0  # index of the first bar of the current section
     spacing: str = "\n"  # the text since the last line break (or its last character): see _spaced
+    symbol_waiting: bool = False  # a chord symbol or annotation waits for its note (see symbol_waits)
 
 
 def _promised(reader: Reader) -> Fraction:
@@ -179,7 +180,11 @@ def advance(state: TuneState, text: str) -> None:
     """Feed the text a tune has just written, and update what the policy remembers of its bars."""
     state.spacing = _line_tail(state.spacing + text)
     closed = len(state.reader.bars)
+    tokens: list[str] = []
+    state.reader.listener = lambda kind, piece: kind == "token" and tokens.append(piece.group())
     _read(state.reader, text)
+    state.reader.listener = None
+    state.symbol_waiting = bool(symbol_waits(state.symbol_waiting, tokens))
     closing = close_bars(state, state.reader, since=closed)
     state.owed, state.opening = closing if closing is not None else (None, len(state.reader.bars))
 
@@ -190,7 +195,9 @@ def verdict(state: TuneState, text: str, meter: bool = True) -> Verdict | None:
     if before.in_body and not laid_out_as_tunes_are(state, text):
         return None
     reader, tokens = read_ahead(before, text)
-    if not syntax_kept(before, reader, tokens) or before.in_body and not body_may_go_on(reader):
+    if not syntax_kept(before, reader, tokens) or before.in_body and not (
+        body_may_go_on(reader) and one_symbol_to_a_note(state, reader, tokens)
+    ):
         return None
     complete = whole_pending(reader.pending)
     if reader.pending and complete is None and BAR_START.match(reader.pending):
@@ -244,6 +251,34 @@ def body_may_go_on(reader: Reader) -> bool:
         or quirks.graced and pending and not GRACED.match(pending)
         or quirks.tied and pending and not TIED.match(pending)
     )
+
+
+def symbol_waits(waiting: bool, tokens: list[str]) -> bool | None:
+    """Whether a chord symbol or annotation waits for its note once `tokens` are read after a state where one did
+    (`waiting`); None where one is refused. Tune books put one symbol on a note, rest or chord, so that neither a
+    second symbol nor a bar line comes between a symbol and its note: a model could otherwise write quoted text
+    for bars on end (`"Am" "> " "B2" |`), which abc2midi passes."""
+    for token in tokens:
+        found = whole_token(token)
+        kind = found[1] if found else None
+        if kind == "symbol":
+            if waiting:
+                return None
+            waiting = True
+        elif kind in ("note", "rest", "chord_start"):
+            waiting = False
+        elif kind == "bar" and waiting:
+            return None
+    return waiting
+
+
+def one_symbol_to_a_note(state: TuneState, reader: Reader, tokens: list[str]) -> bool:
+    """No second symbol and no bar line between a chord symbol or annotation and its note (symbol_waits), counting
+    the token being written."""
+    waits = symbol_waits(state.symbol_waiting, tokens)
+    if waits is None:
+        return False
+    return not (waits and reader.pending and (reader.pending[0] == '"' or BAR_START.match(reader.pending)))
 
 
 def completed_by(state: TuneState, text: str, characters: str) -> Verdict | None:
@@ -431,6 +466,8 @@ def may_end(state: TuneState) -> bool:
         return False
     if len(done.bars) > len(reader.bars) and not may_close_last(state, done):
         return False
+    if symbol_waits(state.symbol_waiting, [reader.pending] if reader.pending else []) is not False:
+        return False  # a symbol with no note to stand on
     return (
         _nothing_open(done)
         and not done.abc2midi.ending_open  # abc2midi wants the last variant ending closed (`|]`, `||`, `:|`)

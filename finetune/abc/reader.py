@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import regex
@@ -161,6 +161,23 @@ class Bar:
         return Bar(self.duration, self.wanted, self.before, self.after, self.line, self.readable, self.line_end)
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One note, rest or chord as read (`Reader.notes`): where it starts in its bar and how long it lasts."""
+
+    bar: int  # the index in Reader.bars of the bar it sounds in
+    onset: Fraction  # from the start of that bar, in L: units
+    length: Fraction  # in L: units, tuplets and broken rhythm applied
+    pitches: tuple[str, ...]  # as written, without length (`^f'`); a chord's in order; () for a rest
+    unit: Fraction  # the L: in effect, as a fraction of a whole note
+    key: str | None  # the K: value in effect
+
+
+def written_pitch(match: regex.Match) -> str:
+    """A note token's pitch as written: accidental, letter, octave marks."""
+    return (match.group("acc") or "") + match.group("pitch") + match.group("octave")
+
+
 @dataclass(slots=True)
 class Abc2midiQuirks:
     """What abc2midi refuses although ABC allows it, counted as a Reader reads, for the sampler (the checker leaves
@@ -284,7 +301,7 @@ class Reader:
     tuplet_ratio: Fraction = Fraction(1)
     last_note: Fraction | None = None
     pending_broken: Fraction = Fraction(1)
-    chord: list[Fraction] | None = None
+    chord: list[tuple[Fraction, str]] | None = None  # the open chord's notes: (length, pitch as written)
     slurs: int = 0  # slurs opened and not yet closed
     # the text of the token being read, and of the field line being read
     pending: str = ""
@@ -300,6 +317,9 @@ class Reader:
     # (`|\n| G2`).
     empty_bars: int = 0
     abc2midi: Abc2midiQuirks = field(default_factory=Abc2midiQuirks)
+    # A list to record every note, rest and chord in (the musical measures read them); None, as the sampler reads,
+    # records none.
+    notes: list[Note] | None = None
     # Told every piece of the text in order, to rewrite it (the transposer): ("token", match) for a token,
     # ("field", text) for a field line, ("text", text) for a newline or a character that is no ABC.
     listener: Callable[..., None] | None = None
@@ -313,6 +333,8 @@ class Reader:
             twin.bars[-1] = self.bars[-1].copy()
         if self.chord is not None:
             twin.chord = list(self.chord)
+        if self.notes is not None:
+            twin.notes = list(self.notes)
         twin.abc2midi = self.abc2midi.copy()
         return twin
 
@@ -482,10 +504,11 @@ class Reader:
             if length is None:
                 self.problem(f"{match.group()!r} has no valid length (a length is n, n/m or /, not zero)")
                 length = Fraction(1)
+            pitch = written_pitch(match) if kind == "note" and self.notes is not None else ""
             if self.chord is not None:
-                self.chord.append(length)
+                self.chord.append((length, pitch))
             else:
-                self._add(length)
+                self._add(length, (pitch,) if pitch else ())
         elif kind == "measures":
             if len(match.group("count")) > MAX_DIGITS:
                 self.problem(f"{match.group()!r}: too many bars of rest")
@@ -518,7 +541,7 @@ class Reader:
         if length is None:
             self.problem(f"chord length {length_text!r} is not a length")
             length = Fraction(1)
-        self._add(notes[0] * length)
+        self._add(notes[0][0] * length, tuple(pitch for _, pitch in notes if pitch))
 
     def _tuplet(self, match: regex.Match) -> None:
         p, q_text, r_text = int(match.group("p")), match.group("q") or "", match.group("r") or ""
@@ -543,8 +566,10 @@ class Reader:
         first, second = (2 - shorter, shorter) if arrows[0] == ">" else (shorter, 2 - shorter)
         self.current += self.last_note * (first - 1)
         self.pending_broken = second
+        if self.notes:
+            self.notes[-1] = replace(self.notes[-1], length=self.notes[-1].length * first)
 
-    def _add(self, length: Fraction) -> None:
+    def _add(self, length: Fraction, pitches: tuple[str, ...] = ()) -> None:
         """Account one note, rest or chord of `length` units (tuplets and broken rhythm applied here)."""
         if self.tuplet_left:
             length *= self.tuplet_ratio
@@ -552,6 +577,8 @@ class Reader:
         if self.pending_broken != 1:
             length *= self.pending_broken
             self.pending_broken = Fraction(1)
+        if self.notes is not None:
+            self.notes.append(Note(len(self.bars), self.current, length, pitches, unit_length(self.meter, self.unit), self.key))
         self.current += length
         self.last_note, self.has_notes = length, True
 

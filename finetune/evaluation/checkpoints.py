@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ..abc.check import check_tunes, summarize
+from ..abc.measures import compare
 from ..args import DataArguments
 from ..attention import PACKED_SDPA
 from ..data import clean_splits, load_raw_splits
@@ -37,8 +38,12 @@ from ..packing import tokenize_and_pack
 from ..recipe import CliParser
 from ..run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
 from .report import samples_folder
-from .results import TUNE_KINDS, write_results
+from .results import MUSIC_COLUMNS, TUNE_KINDS, write_results
 from .token_metrics import TokenMetrics, load_metric, preprocess_logits_for_metrics
+
+# The held-out real tunes the musical measures set every set of tunes against, and where their ceiling comes from.
+MUSIC_REFERENCE_TUNES = 200
+OTHER_SPLIT = {"validation": "test", "test": "validation"}
 
 
 @dataclass
@@ -89,12 +94,14 @@ def read_run(run_dir: str) -> tuple[DataArguments, dict]:
     return data_args, resolved
 
 
-def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str]]:
-    """(the split's tunes, the training tunes' texts), cleaned exactly as training cleaned them."""
+def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str], list[str]]:
+    """(the split's tunes, the training tunes' texts, the other held-out split's texts, which may be none), cleaned
+    exactly as training cleaned them."""
     tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
     if split not in tunes or len(tunes[split]) == 0:
         raise UserError(f"dataset '{data_args.dataset_name_or_path}' has no {split} tunes; use --split validation")
-    return datasets.DatasetDict({split: tunes[split]}), tunes["train"]["text"]
+    other = OTHER_SPLIT[split]
+    return datasets.DatasetDict({split: tunes[split]}), tunes["train"]["text"], tunes[other]["text"] if other in tunes else []
 
 
 def token_numbers(model, rows: datasets.Dataset, batch_size: int, token_metrics: TokenMetrics, scratch: str,
@@ -131,14 +138,25 @@ class Scorer:
     """The generation metrics (local `evaluate` modules), loaded once; the training-tune index is built once.
 
     Validity and bars come from the checker's verdicts, which samples.jsonl keeps too, so that the checker
-    (abc2midi: a process per tune) runs once per tune; metrics/abc_validity sums them the same way.
+    (abc2midi: a process per tune) runs once per tune; modules/abc_validity sums them the same way. The musical
+    measures (finetune.abc.measures) set every set of tunes against the same held-out real tunes, `music_reference`.
     """
 
-    def __init__(self, training_tunes: list[str]):
+    def __init__(self, training_tunes: list[str], music_reference: list[str]):
         self.training_tunes = training_tunes
+        self.music_reference = music_reference
         self.adherence = load_metric("header_adherence")
         self.novelty = load_metric("abc_novelty")
         self.loops = load_metric("loops")
+
+    def music(self, tunes: list[str]) -> dict:
+        """The musical measures of `tunes` against the reference: the table's columns, and all of them as `music`."""
+        found = compare(self.music_reference, tunes)
+        return {
+            "overlapped_area": found["overlapped_area"],
+            **{name: found["generated"][name] for name in MUSIC_COLUMNS},
+            "music": {"distribution": found["distribution"], "form_and_tonality": found["generated"]},
+        }
 
     def __call__(self, tunes: list[str], checks: list[dict], prompts: list[str]) -> dict:
         verdicts = summarize(checks)
@@ -148,6 +166,7 @@ class Scorer:
             **self.adherence.compute(predictions=tunes, references=prompts),
             **self.novelty.compute(predictions=tunes, training_tunes=self.training_tunes),
             "loops": self.loops.compute(predictions=tunes)["loops"],
+            **self.music(tunes),
         }
 
 
@@ -155,15 +174,21 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
                  data_args: DataArguments, resolved: dict, checker: str) -> tuple[Path, str]:
     """Score `checkpoints` of the run and write RUN_DIR/eval/: (that folder, the Markdown table)."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
-    held_out, training_tunes = held_out_tunes(data_args, command.split)
+    held_out, training_tunes, other_split = held_out_tunes(data_args, command.split)
     texts = held_out[command.split]["text"]
-    chosen = random.Random(sample_args.seed).sample(range(len(texts)), min(sample_args.num_samples, len(texts)))
+    rng = random.Random(sample_args.seed)
+    chosen = rng.sample(range(len(texts)), min(sample_args.num_samples, len(texts)))
     real = [texts[i] for i in chosen]
     fields = prompt_fields(data_args.keep_fields)
     prompts = [prompt_from_tune(tune, fields) for tune in real]
-    score = Scorer(training_tunes)
+    # The musical measures' reference: the split's other tunes; their ceiling: as many of the other split's
+    # (the prompts' own tunes where there is no other split) against the same reference.
+    rest = [texts[i] for i in sorted(set(range(len(texts))) - set(chosen))] or real
+    music_reference = rng.sample(rest, min(MUSIC_REFERENCE_TUNES, len(rest)))
+    ceiling = rng.sample(other_split, min(len(real), len(other_split))) if other_split else real
+    score = Scorer(training_tunes, music_reference)
     real_checks = check_tunes(real, checker)
-    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts)}
+    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts), **score.music(ceiling)}
     tokenizer = None
     out = Path(run_dir) / "eval"
     out.mkdir(exist_ok=True)
@@ -218,6 +243,9 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
         "sampling": asdict(sample_args),
         "tunes": {kind: TUNE_KINDS[kind] for kind in kinds},
         "reference": f"the {len(real)} {command.split} tunes whose headers are the prompts",
+        "music_reference": f"{len(music_reference)} other {command.split} tunes; the real row's musical measures are "
+                           f"those of {len(ceiling)} {OTHER_SPLIT[command.split] if other_split else command.split} "
+                           "tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
     folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)

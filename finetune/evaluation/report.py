@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from ..abc.check import check_tunes
+from ..abc.measures import tune_flags
 from ..errors import UserError
 from ..loops import in_a_loop
-from .results import COLUMNS, TUNE_KINDS, format_cell
+from .results import COLUMNS, MUSIC_COLUMNS, TUNE_KINDS, format_cell
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -70,14 +71,32 @@ def _tune_card(tune_id: str, label: str, record: dict, check: dict) -> str:
     bars = f'{check["bars_total"] - check["bars_off"]}/{check["bars_total"]} bars on the meter' if check["bars_total"] else "no bars"
     ending = (" · in a loop" if in_a_loop(record["text"]) else "") + ("" if record["ended"] else " · truncated")
     findings = "; ".join(check["errors"][:3]) + (" …" if len(check["errors"]) > 3 else "")
+    heard = tune_flags(record["text"])  # what the ear would catch that validity does not
     return (
         f'<div class="tune"><div class="head"><strong>{html.escape(label)}</strong> {verdict} '
         f'<span>{html.escape(bars)}{ending}</span>'
         f'<button class="play" id="{tune_id}-play" type="button">&#9654; play</button></div>'
         f'<div class="findings">{html.escape(findings)}</div>'
-        f'<div class="score" id="{tune_id}-score"></div>'
+        + (f'<div class="music-flags">{html.escape("; ".join(heard))}</div>' if heard else "")
+        + f'<div class="score" id="{tune_id}-score"></div>'
         f'<details><summary>ABC</summary><pre>{html.escape(record["text"])}</pre></details></div>'
     )
+
+
+def _music_line(row: dict, reference: dict) -> str:
+    """The musical measures of a row beside the real tunes' (the ceiling): overlapped area per feature, form, key."""
+    if "music" not in row or "music" not in reference:  # evaluated before the measures existed
+        return ""
+    areas = " · ".join(
+        f'{name.replace("_", " ")} {found["overlapped_area"]:.2f} '
+        f'(real {reference["music"]["distribution"][name]["overlapped_area"]:.2f})'
+        for name, found in row["music"]["distribution"].items() if found["overlapped_area"] is not None
+    )
+    shares = " · ".join(
+        f'{name.replace("_", " ")} {format_cell(name, row.get(name))} (real {format_cell(name, reference.get(name))})'
+        for name in MUSIC_COLUMNS
+    )
+    return f'<p class="music">Overlapped area against real tunes: {html.escape(areas)}</p><p class="music">{html.escape(shares)}</p>'
 
 
 def parse_steps(text: str | None) -> list[int] | None:
@@ -129,7 +148,8 @@ def build_report(run_dir: str, steps: list[int] | None = None) -> str:
                 f'<h2 id="{samples_folder(step, kind)}">Step {step}, {html.escape(kind)} tunes: {len(samples)} samples beside '
                 f'the real tunes that gave their headers</h2><p class="kind">{html.escape(TUNE_KINDS[kind])}. '
                 f'Validity {row["validity"]:.2f} (real {report["reference"]["validity"]:.2f}) · bar consistency '
-                f'{row["bar_consistency"]:.2f} (real {report["reference"]["bar_consistency"]:.2f})</p>{"".join(pairs)}'
+                f'{row["bar_consistency"]:.2f} (real {report["reference"]["bar_consistency"]:.2f})</p>'
+                f'{_music_line(row, report["reference"])}{"".join(pairs)}'
             )
     sampling = ", ".join(
         f"{k} {'up to the context' if v is None else v}" for k, v in settings["sampling"].items() if k != "batch_size"

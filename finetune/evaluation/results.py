@@ -34,7 +34,15 @@ COLUMNS = {
     "copy_max": "{:.3f}",
     "copy_share": "{:.3f}",
     "diversity": "{:.3f}",
+    "overlapped_area": "{:.3f}",
+    "tonic_ending": "{:.3f}",
+    "repeat_sign": "{:.3f}",
+    "distinct_bars": "{:.3f}",
+    "bar_runs": "{:.3f}",
+    "out_of_key": "{:.3f}",
 }
+# The musical measures' columns beside the mean overlapped area (finetune.abc.measures: form and tonality).
+MUSIC_COLUMNS = ("tonic_ending", "repeat_sign", "distinct_bars", "bar_runs", "out_of_key")
 PLOTTED = [name for name in COLUMNS if name not in ("step", "tunes", "perplexity")]
 TOKEN_METRICS = ("loss", "bits_per_char", "accuracy")  # the checkpoint's, not its samples'
 
@@ -58,7 +66,7 @@ def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     columns = 4
-    fig, axes = plt.subplots(math.ceil(len(PLOTTED) / columns), columns, figsize=(13, 7), sharex=True)
+    fig, axes = plt.subplots(math.ceil(len(PLOTTED) / columns), columns, figsize=(13, 10), sharex=True)
     kinds = [kind for kind in TUNE_KINDS if any(row["tunes"] == kind for row in rows)]
     for ax, name in zip(axes.flat, PLOTTED):
         for kind in kinds[:1] if name in TOKEN_METRICS else kinds:

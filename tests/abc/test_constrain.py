@@ -344,3 +344,19 @@ def test_constrained_sampling_rescues_the_3_step_checkpoint_of_the_documented_re
     assert own["validity"] <= 0.2 and own["bar_consistency"] <= 0.5  # noise, unconstrained
     assert constrained["validity"] >= 0.95 and constrained["bar_consistency"] >= 0.98
     assert constrained["header_adherence"] >= 0.98 and constrained["truncation"] <= 0.05
+
+
+def test_one_chord_symbol_or_annotation_to_a_note_and_none_blank():
+    """A symbol waits for its note: a second symbol, a bar line or the end cannot come first; an annotation says
+    something (`"> "` and `"^ "` are refused); after the note, the next symbol is free again."""
+    from finetune.abc.policy import TuneState, advance, may_end, verdict
+    from finetune.abc.reader import Reader
+
+    state = TuneState(Reader())
+    advance(state, "M:4/4\nL:1/4\nK:G\nG A B c|")
+    assert verdict(state, '"Am"') is not None and verdict(state, '"> "') is None and verdict(state, '"^ x"') is None
+    advance(state, '"Am" ')
+    assert verdict(state, '"B"') is None and verdict(state, "|") is None and not may_end(state)
+    assert verdict(state, "A") is not None and verdict(state, "z") is not None and verdict(state, "[GB]") is not None
+    advance(state, "A B c d|")
+    assert verdict(state, '"D7"') is not None and may_end(state)

@@ -62,6 +62,10 @@ def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(evaluatio
     assert reference["validity"] >= 0.5 and "loss" not in reference and 0 <= reference["loops"] <= 1
     assert reference["truncation"] == 1.0  # the 48 new tokens each sample gets would cut off every real tune too
     assert report["settings"]["sampling"]["top_k"] == 8 and report["settings"]["prompts"] == 4
+    # the musical measures: every row against the same real tunes, the real row (another split's tunes) the ceiling
+    assert reference["overlapped_area"] > 0.6 and set(reference["music"]["distribution"]) >= {"pitch_class", "onset"}
+    assert all(row["overlapped_area"] < reference["overlapped_area"] for row in own)  # 9 steps of a tiny model
+    assert re.match(r"\d+ other validation tunes; .* those of 4 test tunes", report["settings"]["music_reference"])
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["tunes"]) for r in rows][-3:] == [("9", "own"), ("9", "constrained"), ("reference", "real")]
