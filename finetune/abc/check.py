@@ -19,7 +19,9 @@ or guessed part of the text are (see ABC2MIDI_IDIOMS and ABC2MIDI_GUESSES).
 
 A tune is valid when its syntax is clean, K: is present, M:/L:/K: are well-formed, no off bar has a
 length found nowhere else in the tune (a broken bar; a length that recurs is the tune's own, often a
-meter M: does not state), and at least half of its bars keep the meter. `bars_off` counts every off bar.
+meter M: does not state), at least half of its bars keep the meter, and no SYMBOL_HEAP chord symbols or
+annotations stand in a row with no note between them (quoted text in place of music). `bars_off` counts every off
+bar.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from .reader import bar_fits, read, section_openings
 from .text import read_text, split_tunes
 
 CHECKERS = ("auto", "abc2midi", "python")
+# Quoted strings in a row with no note under them that make a heap: real tune books write two at most (an annotation
+# beside a chord symbol); abc2midi plays a heap as chords over nothing and passes it.
+SYMBOL_HEAP = 3
 # abc2midi reads a tune in milliseconds; a run past this is stuck on the text, which is a finding.
 ABC2MIDI_SECONDS = 10
 
@@ -65,6 +70,8 @@ def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
     report = TuneReport(errors=list(reader.problems) if strict_syntax else [])
     if not reader.key_line:
         report.errors.append("no K: field (every tune needs a key)")
+    if reader.most_symbols >= SYMBOL_HEAP:
+        report.errors.append(f"{reader.most_symbols} chord symbols or annotations in a row with no note between them")
     if reader.multi_voice:
         return report  # voices overlap in time; bar sums of one interleaved line mean nothing
     bars, openings = reader.bars, section_openings(reader.bars)

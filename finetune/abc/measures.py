@@ -52,6 +52,7 @@ ONSET_BINS = 16  # positions of a note's start in its bar
 REPEATED_BARS = 3  # bars in a row that count as a looped figure
 KDE_POINTS = 1000
 FEATURES = ("pitch_class", "interval", "note_length", "pitch_range", "onset")
+HISTOGRAMS = ("pitch_class", "interval", "note_length", "onset")  # the features that are histograms, for plots
 
 
 @dataclass
@@ -277,6 +278,11 @@ def compare(real: list[str], generated: list[str]) -> dict:
         "distribution": distribution,
         "generated": generated_summary,
         "real": real_summary,
+        # each set's mean histogram of each histogram feature, to be drawn one over the other
+        "histograms": {
+            side: {name: matrices[name].mean(axis=0).tolist() for name in HISTOGRAMS if name in matrices}
+            for side, matrices in (("generated", generated_features), ("real", real_features))
+        },
     }
 
 

@@ -316,6 +316,10 @@ class Reader:
     # (`:| |:`), a variant ending after a plain bar line or a repeat (`| [1`, `:| [2`), and the first on its line
     # (`|\n| G2`).
     empty_bars: int = 0
+    # Chord symbols and annotations written since the last note, rest or chord, and the most of them in any such run:
+    # tune books write one or two over a note, never a heap of quoted text in place of music.
+    symbols_in_a_row: int = 0
+    most_symbols: int = 0
     abc2midi: Abc2midiQuirks = field(default_factory=Abc2midiQuirks)
     # A list to record every note, rest and chord in (the musical measures read them); None, as the sampler reads,
     # records none.
@@ -486,6 +490,11 @@ class Reader:
             self.empty_bars += not (bar.rstrip().endswith(":") or ending)
         self._music()
         self.content_since_bar = True
+        if kind == "symbol":
+            self.symbols_in_a_row += 1
+            self.most_symbols = max(self.most_symbols, self.symbols_in_a_row)
+        elif kind in ("note", "rest", "chord_start"):
+            self.symbols_in_a_row = 0
         if kind == "field":
             letter, value = match.group()[1], match.group()[3:-1]
             if letter in "ML":

@@ -155,7 +155,8 @@ class Scorer:
         return {
             "overlapped_area": found["overlapped_area"],
             **{name: found["generated"][name] for name in MUSIC_COLUMNS},
-            "music": {"distribution": found["distribution"], "form_and_tonality": found["generated"]},
+            "music": {"distribution": found["distribution"], "form_and_tonality": found["generated"],
+                      "histograms": found["histograms"]["generated"]},
         }
 
     def __call__(self, tunes: list[str], checks: list[dict], prompts: list[str]) -> dict:

@@ -171,7 +171,8 @@ checker {html.escape(settings["checker"])}; sampling: {html.escape(sampling)}.</
 <h2>Metrics by checkpoint (last row: the real tunes that gave the prompts)</h2>
 {_metrics_table(report)}
 <h2>Metrics against step, and the training curves</h2>
-<div class="plots">{_image(evaluation / "metrics.png", "metrics against step")}
+<div class="plots">{_image(evaluation / "music.png", "mean histograms of the last step's tunes against real tunes")}
+{_image(evaluation / "metrics.png", "metrics against step")}
 {_image(run / "loss.png", "training and evaluation loss")}</div>
 {"".join(sections)}
 <footer>Sheet music and audio sequence by abcjs {html.escape(_asset("ABCJS_VERSION").strip())}

@@ -90,6 +90,36 @@ def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def plot_music(rows: list[dict], reference: dict, path: Path) -> None:
+    """The last step's own and constrained tunes' mean histograms over the real tunes' (the ceiling's), one panel per
+    feature: where the generated tunes' pitches, intervals, lengths and onsets part from real music."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = [row for row in rows if row["step"] == rows[-1]["step"] and "music" in row]
+    if "music" not in reference or not last:
+        return
+    names = list(reference["music"]["histograms"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+    for ax, name in zip(axes, names):
+        for label, row, style in [("real", reference, "--"), *((row["tunes"], row, "-") for row in last)]:
+            values = row["music"]["histograms"].get(name)
+            if values:
+                area = row["music"]["distribution"][name]["overlapped_area"]
+                ax.plot(range(len(values)), values, style, marker=".", label=f"{label} (OA {area:.2f})")
+        ax.set_title(name.replace("_", " "), fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"step {rows[-1]['step']}: mean histograms against the real tunes", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -97,7 +127,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_results(out: Path, rows: list[dict], reference: dict, settings: dict) -> str:
-    """metrics.{json,csv,md,png} in `out`, each written whole or not at all; returns the Markdown table."""
+    """metrics.{json,csv,md,png} and music.png in `out`, each written whole or not at all; returns the Markdown table."""
     table = results_table([*rows, {**reference, "step": "reference"}])
     _write(out / "metrics.json", json.dumps({"settings": settings, "rows": rows, "reference": reference}, indent=2) + "\n")
     buffer = io.StringIO()
@@ -107,4 +137,5 @@ def write_results(out: Path, rows: list[dict], reference: dict, settings: dict) 
     _write(out / "metrics.csv", buffer.getvalue())
     _write(out / "metrics.md", table)
     plot_metrics(rows, reference, out / "metrics.png")
+    plot_music(rows, reference, out / "music.png")
     return table

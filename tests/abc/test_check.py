@@ -127,3 +127,14 @@ def test_abc_check_command_prints_one_json_object_per_tune(tmp_path):
     assert tunes[0]["valid"] and not tunes[1]["valid"] and tunes[0]["bars_total"] == 2
     missing = subprocess.run([sys.executable, "-m", "finetune.abc.check", str(tmp_path / "nope.abc")], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_quoted_text_heaped_in_place_of_music_fails_and_real_pairs_pass(checker):
+    """A heap of chord symbols and annotations with no note under them passes abc2midi but not the checker; an
+    annotation beside a chord symbol, as tune books write them, passes."""
+    heaped = 'M:4/4\nL:1/4\nK:Am\n"Am"D2 D2|D2 FA|"> " "B2"    "Am"    "B" "A"    |\n'
+    paired = 'M:4/4\nL:1/4\nK:Am\n"Am"A2 "^fine""D"B2|c4|\n'
+    heaped_report, paired_report = check_tunes([heaped, paired], checker)
+    assert not heaped_report["valid"] and any("5 chord symbols or annotations in a row" in e for e in heaped_report["errors"])
+    assert paired_report["valid"], paired_report["errors"]
