@@ -89,10 +89,12 @@ def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
 
 # abc2midi "Error" lines for idioms that real tune books use and that abc2midi itself plays anyway: a
 # quoted string used as an annotation ("pp", "cresc.") rather than a guitar chord, R:hornpipe in 6/8, a
-# tie with no note to reach, a broken rhythm between unequal notes, repeats left implicit.
+# tie with no note to reach, a broken rhythm between unequal notes, repeats left implicit, an I: instruction
+# it does not know (tune books write `I: :: ::` and other software's settings there).
 ABC2MIDI_IDIOMS = re.compile(
     r"^(Guitar chord|Unrecognized chord name|Hornpipe must be|Could not find note to be tied|"
-    r"Cannot apply broken rhythm|Missing :\| at end of tune|Expected end repeat not found|found \[1 or like before)"
+    r"Cannot apply broken rhythm|Missing :\| at end of tune|Expected end repeat not found|found \[1 or like before|"
+    r"I: key .* not recognized)"
 )
 
 

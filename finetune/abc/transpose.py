@@ -44,7 +44,8 @@ EXPLICIT = regex.compile(r"(?:^|\s)(?:[_^=]+[a-gA-G]|exp\b)", regex.IGNORECASE)
 SPELLING = {1: "#", -1: "b", 0: ""}
 ACCIDENTAL_OF = {text: value for value, text in SPELLING.items()}
 NOTE = regex.compile(r"(?P<acc>\^\^|\^|__|_|=)?(?P<pitch>[A-Ga-g])(?P<octave>[,']*)")  # in grace notes
-SYMBOL = regex.compile(r'^"([A-G])([#b]?)([^/"]*)(?:/([A-G])([#b]?))?(.*)"$', regex.DOTALL)
+# A chord symbol, optional chords in parentheses too (`"(E7)"`, as some tune books mark a chord to leave out).
+SYMBOL = regex.compile(r'^"(\(?)([A-G])([#b]?)([^/"]*)(?:/([A-G])([#b]?))?(.*)"$', regex.DOTALL)
 
 
 def fifths_of(letter: int, accidental: int, mode_fifths: int) -> int:
@@ -188,8 +189,8 @@ class Transposer:
         match = SYMBOL.match(text)
         if match is None:  # an annotation, or a symbol that names no chord
             return text
-        root, root_accidental, quality, bass, bass_accidental, rest = match.groups()
-        moved = self.chord_root(root, root_accidental) + quality
+        optional, root, root_accidental, quality, bass, bass_accidental, rest = match.groups()
+        moved = optional + self.chord_root(root, root_accidental) + quality
         if bass is not None:
             moved += "/" + self.chord_root(bass, bass_accidental)
         return f'"{moved}{rest}"'

@@ -24,6 +24,7 @@ from finetune.abc.transpose import transpose
     ("K:Gm\nG_B=B|\n", -2, "K:Fm\nF_A=A|\n"),
     ("K:D clef=bass\nd|\n", 2, "K:E clef=bass\ne|\n"),
     ('K:G\n"^text"G [K:D] d|"dance"A\n', 2, 'K:A\n"^text"A [K:E] e|"dance"B\n'),  # annotations are text
+    ('K:D\n"(E7)"A2 "(A7/C#)"B|\n', 2, 'K:E\n"(F#7)"B2 "(B7/D#)"c|\n'),  # optional chords in parentheses move too
 ])
 def test_notes_keys_and_chord_symbols_move_exactly(tune, semitones, expected):
     assert transpose(tune, semitones) == (expected, None)
