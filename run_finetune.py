@@ -27,6 +27,7 @@ from finetune.errors import run_command
 from finetune.evaluation.token_metrics import TokenMetrics, preprocess_logits_for_metrics
 from finetune.loops import LoopPenaltyTrainer, pseudo_loop_rows
 from finetune.model import count_parameters, load_config, load_model, load_tokenizer, merge_adapter, resolve_block_size
+from finetune.model_card import draft_model_card
 from finetune.packing import tokenize_and_pack
 from finetune.plan import make_plan
 from finetune.recipe import parse_recipe
@@ -53,17 +54,20 @@ def main(argv: list[str]) -> int:
     with training_args.main_process_first(desc="prepare data"):
         if data_args.streaming:  # read, cleaned, tokenized and packed while training; sizes estimated
             tokenizer = load_tokenizer(model_args, block_size)
-            tunes, skipped = clean_streams(load_raw_splits(data_args), data_args), {}
+            raw = load_raw_splits(data_args)
+            tunes, skipped = clean_streams(raw, data_args), {}
             lm_datasets, data_stats = tokenize_and_pack_stream(tunes, tokenizer, block_size, data_args, training_args.seed)
         else:
-            tunes, skipped = clean_splits(load_raw_splits(data_args), data_args)
+            raw = load_raw_splits(data_args)
+            tunes, skipped = clean_splits(raw, data_args)
             tokenizer = load_tokenizer(model_args, block_size, tunes["train"]["text"])
             lm_datasets, data_stats = tokenize_and_pack(tunes, tokenizer, block_size, data_args)
             if data_args.loop_penalty:
                 loops = pseudo_loop_rows(tunes["train"], tokenizer, block_size, data_args, training_args.seed)
     if resume_from and not model_args.model_name_or_path:
         check_resume_tokenizer(resume_from, tokenizer.get_vocab())
-    notes = recipe.notes + ([f"skipped tunes: {skipped}"] if skipped else [])
+    notes = recipe.notes + ([f"tunes read from {raw.layout}"] if raw.layout else [])
+    notes += [f"skipped tunes: {skipped}"] if skipped else []
     if model_args.tokenizer_merges:
         notes.append(f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes")
     if data_args.balance_meters:
@@ -116,6 +120,7 @@ def main(argv: list[str]) -> int:
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    draft_model_card(trainer, model_args, data_args, run_args)  # output_dir/README.md; evaluation adds its results
     if model_args.merge_adapter and trainer.is_world_process_zero():
         merge_adapter(training_args.output_dir, os.path.join(training_args.output_dir, "merged"))
         print(f"Merged model saved to {training_args.output_dir}/merged", flush=True)

@@ -208,6 +208,11 @@ class RunArguments:
         metadata={"help": "What the recipe is for, on what hardware and in about how long. The plan prints it, and "
                   "the README's table of recipes is made from it (`python -m finetune.recipe --table`)."},
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "The license the run's model card gives its model, as a hub license id ('mit', 'apache-2.0', "
+                  "'other'); unset: a hub base model's own, else none."},
+    )
     dry_run: bool = field(
         default=False,
         metadata={"help": "Print the plan (data sizes, steps, warmup share, parameters) and exit without training."},

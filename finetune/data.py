@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from .abc import Tune, clean_tune, read_text, split_tunes
 from .abc.check import analyse
+from .abc.layouts import from_folk_rnn, is_folk_rnn, session_tune
 from .abc.rescale import family, meter_pair, rescale
 from .abc.transpose import transpose
 from .args import BUILTIN_DATASET, DataArguments
@@ -134,19 +135,46 @@ def prepare_music21(out_dir: Path = BUILTIN_DIR, held_out_percent: int = 5) -> d
 
 def _abc_records(paths: list[Path]):
     for path in paths:
-        for index, raw in enumerate(split_tunes(read_text(path))):
+        book = read_text(path)
+        for index, raw in enumerate(from_folk_rnn(book) if is_folk_rnn(book) else split_tunes(book)):
             yield {"text": raw, "source": f"{path.name}#{index}"}
 
 
-def _load_files(paths: list[Path], text_column: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-    """One dataset with a `text` column from files of one kind (ABC text, or a table format)."""
+class RawSplits(dict):
+    """A source's splits by name, and how its tunes were found where that is not plain (`layout`, for the plan)."""
+
+    layout: str | None = None
+
+
+# Tune columns found by name where the recipe leaves `text_column` at its default and the table has no `text`.
+TUNE_COLUMNS = ("abc", "abc notation", "ABC", "abc_notation")
+SESSION_COLUMNS = {"abc", "meter", "mode"}  # TheSession's dump: the header lives in columns
+
+
+def _session_batch(batch: dict) -> dict:
+    columns = ("name", "type", "meter", "mode", "abc")
+    rows = zip(*(batch.get(c, [None] * len(batch["abc"])) for c in columns))
+    return {
+        "text": [session_tune(*row) for row in rows],
+        "group": [str(tune_id) for tune_id in batch.get("tune_id", batch.get("setting_id", [None] * len(batch["abc"])))],
+    }
+
+
+def _layout_of(paths: list[Path]) -> str | None:
+    if any(p.suffix in ABC_SUFFIXES and is_folk_rnn(read_text(p)) for p in paths):
+        return "folk-rnn's token layout: tokens joined, K:Cmaj written K:C, L:1/8 added"
+    return None
+
+
+def _load_files(paths: list[Path], text_column: str, streaming: bool = False) -> tuple:
+    """One dataset with a `text` column from files of one kind (ABC text, or a table format), and how its tunes
+    were found where the layout is not plain (None otherwise)."""
     suffixes = {p.suffix for p in paths}
     if suffixes <= set(ABC_SUFFIXES):
         if streaming:
-            return datasets.IterableDataset.from_generator(_abc_records, gen_kwargs={"paths": paths})
-        return datasets.Dataset.from_list(list(_abc_records(paths)) or [{"text": "", "source": ""}]).filter(
-            lambda row: bool(row["text"])
-        )
+            return datasets.IterableDataset.from_generator(_abc_records, gen_kwargs={"paths": paths}), _layout_of(paths)
+        tunes = datasets.Dataset.from_list(list(_abc_records(paths)) or [{"text": "", "source": ""}])
+        return tunes.filter(lambda row: bool(row["text"])), _layout_of(paths)
     if len(suffixes) > 1 or not suffixes <= set(TABLE_BUILDERS):
         raise UserError(f"mixed or unknown data file types {sorted(suffixes)}; use one of {', '.join(TABLE_BUILDERS)} or .abc/.txt")
     builder = TABLE_BUILDERS[suffixes.pop()]
@@ -193,29 +221,50 @@ def _holds_no_rows(paths: list[Path], builder: str) -> bool:
     return False
 
 
-def _text_column(table, text_column: str, where):
-    if table.column_names is not None and text_column not in table.column_names:  # a stream may not know yet
+def _text_column(table, text_column: str, where) -> tuple:
+    """The table with its tunes in a `text` column, and how they were found (None: the column asked for)."""
+    columns = table.column_names
+    if columns is not None and text_column in ("text", "abc") and "text" not in columns and SESSION_COLUMNS <= set(columns):
+        grouped = "tune_id" in columns or "setting_id" in columns
+        table = table.map(_session_batch, batched=True, remove_columns=columns, desc="TheSession's tunes")
+        return table, (
+            "TheSession's layout: headers written from name, type, meter and mode (L:1/8)"
+            + ("; a tune's settings share a split (tune_id)" if grouped else "")
+        )
+    if columns is not None and text_column == "text" and "text" not in columns:
+        found = next((name for name in TUNE_COLUMNS if name in columns), None)
+        if found is not None:
+            dropped = [name for name in columns if name != found and name in ("control code", "control_code")]
+            note = f"tune column '{found}' found by name" + (f"; its {dropped[0]!r} column is dropped" if dropped else "")
+            return table.rename_column(found, "text"), note
+    if columns is not None and text_column not in columns:  # a stream may not know yet
         raise UserError(
-            f"{where}: no column '{text_column}' (columns: {', '.join(table.column_names)}); set 'text_column'"
+            f"{where}: no column '{text_column}' (columns: {', '.join(columns)}); set 'text_column'"
         )
     if text_column != "text":
         table = table.rename_column(text_column, "text")
-    return table
+    return table, None
 
 
-def _local_splits(path: Path, text_column: str, streaming: bool = False) -> dict:
+def _raw_splits(loaded: dict[str, tuple]) -> RawSplits:
+    splits = RawSplits({name: table for name, (table, _) in loaded.items()})
+    splits.layout = next((layout for _, layout in loaded.values() if layout), None)
+    return splits
+
+
+def _local_splits(path: Path, text_column: str, streaming: bool = False) -> RawSplits:
     if path.is_file():
-        return {"all": _load_files([path], text_column, streaming)}
+        return _raw_splits({"all": _load_files([path], text_column, streaming)})
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (*ABC_SUFFIXES, *TABLE_BUILDERS))
     if not files:
         raise UserError(f"{path}: no .abc/.txt/.jsonl/.json/.csv/.parquet files in this folder")
     named = {split: [p for p in files if p.stem == split] for split in SPLITS}
     if named["train"]:
-        return {split: _load_files(paths, text_column, streaming) for split, paths in named.items() if paths}
-    return {"all": _load_files(files, text_column, streaming)}
+        return _raw_splits({split: _load_files(paths, text_column, streaming) for split, paths in named.items() if paths})
+    return _raw_splits({"all": _load_files(files, text_column, streaming)})
 
 
-def load_raw_splits(data_args: DataArguments) -> dict:
+def load_raw_splits(data_args: DataArguments) -> RawSplits:
     """The source's splits, each with a `text` column of raw tunes (cleaning comes next): `Dataset`s, or
     `IterableDataset`s with `streaming: true`."""
     name = data_args.dataset_name_or_path
@@ -232,7 +281,7 @@ def load_raw_splits(data_args: DataArguments) -> dict:
         hub = datasets.load_dataset(name, streaming=data_args.streaming)
     except Exception as e:  # datasets raises many types for "not found" and "offline"
         raise UserError(f"dataset '{name}': not a local path and could not be loaded from the hub ({type(e).__name__})") from None
-    return {split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()}
+    return _raw_splits({split: _text_column(ds, data_args.text_column, name) for split, ds in hub.items()})
 
 
 def _clean_one(text, keep_fields: str, clean_abc: bool) -> Tune | str:
@@ -247,10 +296,13 @@ def _clean_one(text, keep_fields: str, clean_abc: bool) -> Tune | str:
 def clean_batch(batch: dict, keep_fields: str, clean_abc: bool) -> dict:
     results = [_clean_one(text, keep_fields, clean_abc) for text in batch["text"]]
     texts = [r.text if isinstance(r, Tune) else "" for r in results]
+    keys = [content_key(text) for text in texts]
     return {
         "text": texts,
         "skip_reason": ["" if isinstance(r, Tune) else r for r in results],
-        "key": [content_key(text) for text in texts],
+        "key": keys,
+        # the split follows a tune's group where the source names one (TheSession: a tune's settings), else the tune
+        "split_key": [content_key(group) for group in batch["group"]] if "group" in batch else keys,
     }
 
 
@@ -297,7 +349,7 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
     if "validation" not in cleaned:
         pool = datasets.concatenate_datasets([cleaned.pop(s) for s in list(cleaned) if s != "test"])
         pct = data_args.validation_split_percentage
-        assigned = splits_of_keys(numeric_columns(pool, ["key"])["key"], pct)
+        assigned = splits_of_keys(numeric_columns(pool, ["split_key"])["split_key"], pct)
         for split in ("train", "validation") if "test" in cleaned else SPLITS:
             cleaned[split] = pool.select(np.flatnonzero(assigned == split))
     if data_args.train_tunes == "meter" and "train" in cleaned:
@@ -320,7 +372,8 @@ def clean_splits(raw: dict[str, datasets.Dataset], data_args: DataArguments) -> 
         cleaned["validation"] = cleaned["validation"].select(
             range(min(data_args.max_eval_samples, len(cleaned["validation"])))
         )
-    cleaned = {split: ds.remove_columns("key") for split, ds in cleaned.items()}
+    cleaned = {split: ds.remove_columns([c for c in ("key", "split_key", "group") if c in ds.column_names])
+               for split, ds in cleaned.items()}
     if data_args.balance_meters:  # after the split, so that copies are of training tunes and stay in train
         cleaned["train"] = with_rescaled_copies(cleaned["train"].select_columns(["text"]), data_args)
     if data_args.transpose_train:  # after the split, so that a tune's copies stay in train with it

@@ -28,7 +28,7 @@ PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "bi
 # Keys that may change between a run and its resumption without making it a different experiment.
 RESUMABLE_CHANGES = frozenset(
     {
-        "description", "max_steps", "num_train_epochs", "output_dir", "dry_run", "allow_recipe_change", "resume_from_checkpoint",
+        "description", "license", "max_steps", "num_train_epochs", "output_dir", "dry_run", "allow_recipe_change", "resume_from_checkpoint",
         "logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name", "disable_tqdm",
         "save_steps", "save_strategy", "save_total_limit", "eval_steps", "eval_strategy", "eval_on_start",
         "per_device_eval_batch_size", "dataloader_num_workers", "preprocessing_num_workers", "sampling",

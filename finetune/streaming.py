@@ -68,7 +68,7 @@ def clean_streams(raw: dict[str, datasets.IterableDataset], data_args: DataArgum
         pct = data_args.validation_split_percentage
         for split in ("train", "validation"):
             cleaned[split] = pool.filter(
-                lambda batch, s=split: (splits_of_keys(np.array(batch["key"]), pct) == s).tolist(), batched=True
+                lambda batch, s=split: (splits_of_keys(np.array(batch["split_key"]), pct) == s).tolist(), batched=True
             )
     if data_args.train_tunes == "meter":
         cleaned["train"] = cleaned["train"].filter(keeps_meter, batched=True)

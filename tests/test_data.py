@@ -285,3 +285,72 @@ def test_a_corpus_another_run_prepared_meanwhile_is_kept(tmp_path, monkeypatch):
     assert data.prepare_music21(out) == first  # the earlier run finished first: its folder is there
     assert {path.name: path.read_bytes() for path in out.iterdir()} == files
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "prepared"]  # no temporary folder left
+
+
+def session_dump(path, corpus_tunes):
+    """A TheSession-style tunes.csv: two settings of each tune, the header in columns, the body in `abc`."""
+    import csv
+
+    from finetune.abc import header_length
+
+    rows = []
+    for tune_id, tune in enumerate(corpus_tunes, 1):
+        body = tune[header_length(tune):].strip()
+        for setting in range(2):
+            rows.append({"tune_id": tune_id, "setting_id": 10 * tune_id + setting, "name": f"Tune {tune_id}", "type": "jig",
+                         "meter": "6/8", "mode": ["Gmajor", "Edorian", "Aminor"][tune_id % 3],
+                         "abc": body + ("\r\n" + body.splitlines()[0] if setting else ""), "date": "2020", "username": "u",
+                         "composer": ""})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def test_the_field_s_tune_books_load_as_they_come(tmp_path, corpus, capsys):
+    """TheSession's CSV (headers from its columns; a tune's settings in one split), IrishMAN's JSON (the tune column
+    found by name, control codes dropped) and folk-rnn's token files load without a flag, >= 95% of tunes usable."""
+    from conftest import TINY_RECIPE, run_cli
+
+    from finetune.abc.layouts import session_key
+
+    tunes = corpus["train"][:120]
+    rows = session_dump(tmp_path / "tunes.csv", tunes)
+    session = DataArguments(dataset_name_or_path=str(tmp_path / "tunes.csv"), keep_fields="TMLKRQP")  # titles kept
+    raw = load_raw_splits(session)
+    assert raw.layout.startswith("TheSession's layout") and "tune_id" in raw.layout
+    cleaned, skipped = clean_splits(raw, session)
+    assert sum(len(split) for split in cleaned.values()) >= 0.95 * len(rows), skipped
+    for text in cleaned["train"]["text"][:20]:
+        tune_id = int(next(line for line in text.splitlines() if line.startswith("T:"))[len("T:Tune "):])
+        row = rows[2 * (tune_id - 1)]
+        assert f"M:{row['meter']}\n" in text and f"K:{session_key(row['mode'])}\n" in text and "R:jig" in text
+    where = {}
+    for split, ds in cleaned.items():
+        for text in ds["text"]:
+            where.setdefault(text.split("\n")[0], set()).add(split)
+    assert all(len(splits) == 1 for splits in where.values())  # both settings of a tune sit in one split
+    named = load_raw_splits(DataArguments(dataset_name_or_path=str(tmp_path / "tunes.csv"), text_column="abc"))
+    assert named.layout == raw.layout  # `--text_column abc`, as a user would first try, reads it the same way
+
+    irishman = tmp_path / "irishman"
+    irishman.mkdir()
+    for split, part in (("train", corpus["train"][:80]), ("validation", corpus["validation"][:20])):
+        (irishman / f"{split}.json").write_text(json.dumps([{"control code": "S:2\nB:8\n", "abc notation": t} for t in part]))
+    raw = load_raw_splits(DataArguments(dataset_name_or_path=str(irishman)))
+    assert raw.layout == "tune column 'abc notation' found by name; its 'control code' column is dropped"
+    cleaned, _ = clean_splits(raw, DataArguments(dataset_name_or_path=str(irishman)))
+    assert len(cleaned["train"]) + len(cleaned["validation"]) >= 95
+
+    tokens = tmp_path / "folkrnn.txt"
+    tokens.write_text("\n\n".join(f"M:6/8\nK:Cmaj\n|: G A B c {n} | d c B c 3 :|" for n in range(2, 60)) + "\n")
+    raw = load_raw_splits(DataArguments(dataset_name_or_path=str(tokens)))
+    assert raw.layout.startswith("folk-rnn's token layout")
+    cleaned, _ = clean_splits(raw, DataArguments(dataset_name_or_path=str(tokens), validation_split_percentage=10))
+    texts = [t for ds in cleaned.values() for t in ds["text"]]
+    assert len(texts) >= 0.95 * 58 and all("L:1/8\nK:C\n" in t for t in texts)
+    code, out, err = run_cli([TINY_RECIPE, "--dataset_name_or_path", tokens, "--validation_split_percentage", 10,
+                              "--output_dir", tmp_path / "run", "--dry_run"], capsys)
+    assert code == 0, err
+    assert "tunes read from folk-rnn's token layout" in out  # the plan says how it read them

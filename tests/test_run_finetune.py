@@ -50,6 +50,18 @@ def test_three_steps_with_8bit_adamw_and_bf16_leave_a_complete_run_dir(first_run
     assert all(0.95 < entry["eval_bits_per_char"] / (entry["eval_loss"] / math.log(2)) < 1.05 for entry in evals)
 
 
+def test_a_run_writes_a_model_card_the_hub_reads(first_run):
+    """output_dir/README.md: Trainer's draft, read back by huggingface_hub, naming what was trained and how."""
+    from huggingface_hub import ModelCard
+
+    out, _ = first_run
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and "abc-notation" in card.data.tags
+    assert card.data.base_model is None and "trained from scratch on the music21 dataset" in card.text
+    assert "More information needed" not in card.text.split("## Training procedure")[0]
+    assert f"python sample.py {out}" in card.text and "recipe.json" in card.text
+
+
 def test_output_loads_with_plain_transformers_and_generates_abc(first_run):
     out, _ = first_run
     tokenizer = AutoTokenizer.from_pretrained(out)

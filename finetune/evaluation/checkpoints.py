@@ -34,6 +34,7 @@ from ..generation import (
     write_samples,
 )
 from ..model import context_length, has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
+from ..model_card import add_evaluation
 from ..packing import tokenize_and_pack
 from ..recipe import CliParser
 from ..run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
@@ -200,7 +201,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
         kinds["constrained"] = sample_args
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
-    rows = []
+    rows, last_own_tune = [], None
     with tempfile.TemporaryDirectory() as scratch:
         for checkpoint in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
             model, checkpoint_tokenizer = load_checkpoint(checkpoint.path)
@@ -217,6 +218,8 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
             for kind, kind_args in kinds.items():
                 samples = generate_tunes(model, tokenizer, prompts, kind_args)
                 tunes = [s.text for s in samples]
+                if kind == "own":
+                    last_own_tune = tunes[0]
                 checks = check_tunes(tunes, checker)
                 label = f"step {checkpoint.step}" + (f" {kind}" if kind != "own" else "")
                 write_samples(samples, out / "samples" / samples_folder(checkpoint.step, kind), label=label, checks=checks)
@@ -249,6 +252,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
                            "tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
+    add_evaluation(run_dir, rows, reference, last_own_tune, settings)
     folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)
     print(table, end="")
     print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/{{{folders}}} ({checker} checker, {command.split} split)")

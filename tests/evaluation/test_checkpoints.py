@@ -71,6 +71,12 @@ def test_evaluate_checkpoints_writes_every_output_with_a_reference_row(evaluatio
     assert [(r["step"], r["tunes"]) for r in rows][-3:] == [("9", "own"), ("9", "constrained"), ("reference", "real")]
     assert (out / "metrics.md").read_text() in result.stdout and (out / "metrics.png").stat().st_size > 10_000
     assert (out / "music.png").stat().st_size > 10_000  # the last step's histograms over the real tunes'
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out.parent / "README.md")  # the run's card now reports its evaluation
+    (result,) = card.data.eval_results[:1]
+    assert result.metric_type == "bits_per_char" and result.metric_value == own[-1]["bits_per_char"]
+    assert "## Evaluation" in card.text and "```abc\nM:" in card.text
     for step, kind in ((3, ""), (6, ""), (9, ""), (3, "-constrained"), (9, "-constrained")):
         samples = out / "samples" / f"step-{step}{kind}"
         assert len(list(samples.glob("*.abc"))) == 4
