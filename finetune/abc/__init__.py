@@ -9,6 +9,8 @@ sampling to the meter. It imports nothing else of this project; everything else 
     constrain.py  MeterLogitsProcessor: the search over ranked tokens that samples within the policy
     transpose.py  exact transposition (keys, accidentals, chord symbols), also `python -m finetune.abc.transpose`
     rescale.py    the same tune at another note value (6/8 with L:1/8 as 6/4 with L:1/4), also `python -m finetune.abc.rescale`
+    measures.py   the music against real tunes (distribution, form, tonality), also `python -m finetune.abc.measures`
+    layouts.py    tune books as the field publishes them (TheSession's columns, folk-rnn's tokens) as ABC tunes
 """
 
 from .text import DEFAULT_KEEP_FIELDS, FIELD_LINE, Tune, clean_tune, header_length, read_text, split_tunes
