@@ -10,6 +10,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .args import BUILTIN_DATASET
+
 CARD = "README.md"
 TAGS = ["abc-notation", "music", "symbolic-music", "text-generation"]
 # The evaluation's numbers the card's model-index reports, for the last step's own tunes (name: pretty name).
@@ -24,7 +26,7 @@ EVALUATION_HEADING = "## Evaluation"
 
 def hub_dataset(dataset_name_or_path: str) -> str | None:
     """The data's hub id, for the card's `datasets`; None for music21's corpus or a local path (no hub page)."""
-    if dataset_name_or_path == "music21" or Path(dataset_name_or_path).expanduser().exists():
+    if dataset_name_or_path == BUILTIN_DATASET or Path(dataset_name_or_path).expanduser().exists():
         return None
     return dataset_name_or_path
 
