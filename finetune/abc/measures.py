@@ -38,10 +38,8 @@ import regex
 
 from .reader import Reader, section_openings
 from .text import read_text, split_tunes
-from .transpose import LETTER_FIFTHS, LETTERS, MODE_FIFTHS, NATURAL
+from .transpose import ACCIDENTALS, FLATS_ORDER, LETTER_FIFTHS, LETTERS, MODE_FIFTHS, NATURAL, SHARPS_ORDER
 
-ACCIDENTALS = {"^^": 2, "^": 1, "=": 0, "_": -1, "__": -2}
-SHARPS_ORDER, FLATS_ORDER = "FCGDAEB", "BEADGCF"
 KEY = regex.compile(r"^\s*([A-G])([#b]?)\s*([A-Za-z]*)(.*)$", regex.DOTALL)
 EXPLICIT = regex.compile(r"(\^\^|\^|__|_|=)([A-Ga-g])")
 PITCH = regex.compile(r"^(\^\^|\^|__|_|=)?([A-Ga-g])([,']*)$")
