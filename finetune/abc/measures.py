@@ -38,7 +38,7 @@ import regex
 
 from .reader import Reader, section_openings
 from .text import read_text, split_tunes
-from .transpose import ACCIDENTALS, FLATS_ORDER, LETTER_FIFTHS, LETTERS, MODE_FIFTHS, NATURAL, SHARPS_ORDER
+from .transpose import ACCIDENTAL_OF, ACCIDENTALS, FLATS_ORDER, LETTERS, MODE_FIFTHS, NATURAL, SHARPS_ORDER, fifths_of
 
 KEY = regex.compile(r"^\s*([A-G])([#b]?)\s*([A-Za-z]*)(.*)$", regex.DOTALL)
 EXPLICIT = regex.compile(r"(\^\^|\^|__|_|=)([A-Ga-g])")
@@ -74,10 +74,10 @@ def key_signature(value: str | None) -> tuple[int | None, dict[str, int]]:
     if not match:
         return None, {}
     letter, accidental, mode, rest = match.groups()
-    accidental = {"#": 1, "b": -1}.get(accidental, 0)
+    accidental = ACCIDENTAL_OF[accidental]
     mode = mode.lower()
     mode_key = mode if mode in ("m", "") else mode[:3]
-    fifths = LETTER_FIFTHS[letter] + 7 * accidental + MODE_FIFTHS.get(mode_key, 0)
+    fifths = fifths_of(LETTERS.index(letter), accidental, MODE_FIFTHS.get(mode_key, 0))
     signature = {}
     if "exp" not in mode and "exp" not in rest.lower():
         for i in range(min(abs(fifths), 7)):
@@ -202,8 +202,9 @@ def tune_flags(text: str) -> list[str]:
     outside the key."""
     music = tune_music(text)
     flags = []
-    if longest_run(music.bars) >= REPEATED_BARS:
-        flags.append(f"one bar played {longest_run(music.bars)} times in a row")
+    run = longest_run(music.bars)
+    if run >= REPEATED_BARS:
+        flags.append(f"one bar played {run} times in a row")
     tone = tonality(music)
     if tone["tonic_ending"] == 0.0:
         flags.append("does not end on the tonic of K:")
@@ -262,7 +263,12 @@ def set_measures(tunes: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
 
 def compare(real: list[str], generated: list[str]) -> dict:
     """The measures of `generated` against `real` (see the module docstring): one JSON-ready object."""
-    real_summary, real_features = set_measures(real)
+    return compare_measured(set_measures(real), generated)
+
+
+def compare_measured(real: tuple[dict, dict[str, np.ndarray]], generated: list[str]) -> dict:
+    """`compare` against real tunes measured once by `set_measures`, for a caller that sets many sets against them."""
+    real_summary, real_features = real
     generated_summary, generated_features = set_measures(generated)
     distribution = {}
     for name in FEATURES:

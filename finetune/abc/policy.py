@@ -92,7 +92,6 @@ class TuneState:
     owed: Fraction | None = None  # what the next bar must last to complete a bar split around a repeat
     opening: int = 0  # index of the first bar of the current section
     spacing: str = "\n"  # the text since the last line break (or its last character): see _spaced
-    symbol_waiting: bool = False  # a chord symbol or annotation waits for its note (see symbol_waits)
 
 
 def _promised(reader: Reader) -> Fraction:
@@ -180,11 +179,7 @@ def advance(state: TuneState, text: str) -> None:
     """Feed the text a tune has just written, and update what the policy remembers of its bars."""
     state.spacing = _line_tail(state.spacing + text)
     closed = len(state.reader.bars)
-    tokens: list[str] = []
-    state.reader.listener = lambda kind, piece: kind == "token" and tokens.append(piece.group())
     _read(state.reader, text)
-    state.reader.listener = None
-    state.symbol_waiting = bool(symbol_waits(state.symbol_waiting, tokens))
     closing = close_bars(state, state.reader, since=closed)
     state.owed, state.opening = closing if closing is not None else (None, len(state.reader.bars))
 
@@ -255,7 +250,7 @@ def body_may_go_on(reader: Reader) -> bool:
 
 def symbol_waits(waiting: bool, tokens: list[str]) -> bool | None:
     """Whether a chord symbol or annotation waits for its note once `tokens` are read after a state where one did
-    (`waiting`); None where one is refused. Tune books put one symbol on a note, rest or chord, so that neither a
+    (`waiting`: the reader has counted symbols since the last note, rest or chord); None where one is refused. Tune books put one symbol on a note, rest or chord, so that neither a
     second symbol nor a bar line comes between a symbol and its note: a model could otherwise write quoted text
     for bars on end (`"Am" "> " "B2" |`), which abc2midi passes."""
     for token in tokens:
@@ -275,7 +270,7 @@ def symbol_waits(waiting: bool, tokens: list[str]) -> bool | None:
 def one_symbol_to_a_note(state: TuneState, reader: Reader, tokens: list[str]) -> bool:
     """No second symbol and no bar line between a chord symbol or annotation and its note (symbol_waits), counting
     the token being written."""
-    waits = symbol_waits(state.symbol_waiting, tokens)
+    waits = symbol_waits(state.reader.symbols_in_a_row > 0, tokens)
     if waits is None:
         return False
     return not (waits and reader.pending and (reader.pending[0] == '"' or BAR_START.match(reader.pending)))
@@ -466,7 +461,7 @@ def may_end(state: TuneState) -> bool:
         return False
     if len(done.bars) > len(reader.bars) and not may_close_last(state, done):
         return False
-    if symbol_waits(state.symbol_waiting, [reader.pending] if reader.pending else []) is not False:
+    if symbol_waits(reader.symbols_in_a_row > 0, [reader.pending] if reader.pending else []) is not False:
         return False  # a symbol with no note to stand on
     return (
         _nothing_open(done)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ..abc.check import check_tunes, summarize
-from ..abc.measures import compare
+from ..abc.measures import compare_measured, set_measures
 from ..args import DataArguments
 from ..attention import PACKED_SDPA
 from ..data import clean_splits, load_raw_splits
@@ -145,14 +145,14 @@ class Scorer:
 
     def __init__(self, training_tunes: list[str], music_reference: list[str]):
         self.training_tunes = training_tunes
-        self.music_reference = music_reference
+        self.music_reference = set_measures(music_reference)  # measured once for every set set against it
         self.adherence = load_metric("header_adherence")
         self.novelty = load_metric("abc_novelty")
         self.loops = load_metric("loops")
 
     def music(self, tunes: list[str]) -> dict:
         """The musical measures of `tunes` against the reference: the table's columns, and all of them as `music`."""
-        found = compare(self.music_reference, tunes)
+        found = compare_measured(self.music_reference, tunes)
         return {
             "overlapped_area": found["overlapped_area"],
             **{name: found["generated"][name] for name in MUSIC_COLUMNS},
@@ -168,13 +168,12 @@ class Scorer:
             **self.adherence.compute(predictions=tunes, references=prompts),
             **self.novelty.compute(predictions=tunes, training_tunes=self.training_tunes),
             "loops": self.loops.compute(predictions=tunes)["loops"],
-            **self.music(tunes),
         }
 
 
 def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalCommand, sample_args: SampleArguments,
-                 data_args: DataArguments, resolved: dict, checker: str) -> tuple[Path, str]:
-    """Score `checkpoints` of the run and write RUN_DIR/eval/: (that folder, the Markdown table)."""
+                 data_args: DataArguments, resolved: dict, checker: str) -> None:
+    """Score `checkpoints` of the run, write RUN_DIR/eval/ and the evaluation into the run's model card."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
     held_out, training_tunes, other_split = held_out_tunes(data_args, command.split)
     texts = held_out[command.split]["text"]
@@ -233,6 +232,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
                         "bits_per_char": numbers["eval_bits_per_char"],
                         "accuracy": numbers["eval_accuracy"],
                         **score(tunes, checks, prompts),
+                        **score.music(tunes),
                         "truncation": sum(not s.ended for s in samples) / len(samples),
                     }
                 )
@@ -256,4 +256,3 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)
     print(table, end="")
     print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/{{{folders}}} ({checker} checker, {command.split} split)")
-    return out, table

@@ -58,13 +58,28 @@ def results_table(rows: list[dict]) -> str:
     return markdown_table(COLUMNS, ([format_cell(name, row.get(name)) for name in COLUMNS] for row in rows))
 
 
-def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
-    """One panel per metric against step; the reference (real tunes) as a dashed line where it applies."""
+def _pyplot():
+    """matplotlib's pyplot, drawing off screen (evaluations run on machines with no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Write the figure whole or not at all, then free it."""
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
+    """One panel per metric against step; the reference (real tunes) as a dashed line where it applies."""
+    plt = _pyplot()
     columns = 4
     fig, axes = plt.subplots(math.ceil(len(PLOTTED) / columns), columns, figsize=(13, 10), sharex=True)
     kinds = [kind for kind in TUNE_KINDS if any(row["tunes"] == kind for row in rows)]
@@ -83,21 +98,13 @@ def plot_metrics(rows: list[dict], reference: dict, path: Path) -> None:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def plot_music(rows: list[dict], reference: dict, path: Path) -> None:
     """The last step's own and constrained tunes' mean histograms over the real tunes' (the ceiling's), one panel per
     feature: where the generated tunes' pitches, intervals, lengths and onsets part from real music."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     last = [row for row in rows if row["step"] == rows[-1]["step"] and "music" in row]
     if "music" not in reference or not last:
         return
@@ -113,11 +120,7 @@ def plot_music(rows: list[dict], reference: dict, path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"step {rows[-1]['step']}: mean histograms against the real tunes", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def _write(path: Path, text: str) -> None:
