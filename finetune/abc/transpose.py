@@ -1,6 +1,7 @@
 """Transposition: every note and every chord symbol's root (and bass) moves by N semitones.
 
     python -m finetune.abc.transpose tunes.abc --semitones 2      # the transposed tunes on stdout
+    python -m finetune.abc.transpose tunes.abc --check -5 2 7     # how exactly they move, as music21 reads them
 
 The tune is read by the one reader (reader.py), which tells this module every piece of the text in order;
 notes, chord symbols and K: fields are rewritten and everything else is copied. The rules:
@@ -21,12 +22,14 @@ returned as None with the reason.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import regex
 
 from .reader import Reader
-from .text import rewrite_book
+from .text import read_text, rewrite_book, split_tunes
 
 LETTERS = "CDEFGAB"
 NATURAL = (0, 2, 4, 5, 7, 9, 11)  # semitones above C of each letter
@@ -44,8 +47,9 @@ EXPLICIT = regex.compile(r"(?:^|\s)(?:[_^=]+[a-gA-G]|exp\b)", regex.IGNORECASE)
 SPELLING = {1: "#", -1: "b", 0: ""}
 ACCIDENTAL_OF = {text: value for value, text in SPELLING.items()}
 NOTE = regex.compile(r"(?P<acc>\^\^|\^|__|_|=)?(?P<pitch>[A-Ga-g])(?P<octave>[,']*)")  # in grace notes
-# A chord symbol, optional chords in parentheses too (`"(E7)"`, as some tune books mark a chord to leave out).
-SYMBOL = regex.compile(r'^"(\(?)([A-G])([#b]?)([^/"]*)(?:/([A-G])([#b]?))?(.*)"$', regex.DOTALL)
+# A chord symbol, optional chords in parentheses too (`"(E7)"`, as some tune books mark a chord to leave out). Its
+# bass may be written as tune books do: `/F#`, or as a note name with `+` for a sharp (`"D/f+"`, `"Gm/bb"`).
+SYMBOL = regex.compile(r'^"(\(?)([A-G])([#b]?)([^/"]*)(?:/([A-Ga-g])([#b+]?))?(.*)"$', regex.DOTALL)
 
 
 def fifths_of(letter: int, accidental: int, mode_fifths: int) -> int:
@@ -192,7 +196,10 @@ class Transposer:
         optional, root, root_accidental, quality, bass, bass_accidental, rest = match.groups()
         moved = optional + self.chord_root(root, root_accidental) + quality
         if bass is not None:
-            moved += "/" + self.chord_root(bass, bass_accidental)
+            moved_bass = self.chord_root(bass.upper(), "#" if bass_accidental == "+" else bass_accidental)
+            if bass.islower():  # a bass written as a note name keeps that spelling: `d`, `bb`, `f+`
+                moved_bass = moved_bass[0].lower() + moved_bass[1:].replace("#", "+")
+            moved += "/" + moved_bass
         return f'"{moved}{rest}"'
 
     def chord_root(self, letter: str, accidental: str) -> str:
@@ -219,11 +226,88 @@ def transpose(tune: str, semitones: int) -> tuple[str | None, str | None]:
     return (out if tune.endswith("\n") else out[:-1]), None
 
 
+def music21_pitches(tune: str) -> list[tuple]:
+    """Every note's MIDI number, chord's MIDI numbers and chord symbol's root and bass, in order, as music21 reads the tune:
+    the independent reading that the `--check` measure compares."""
+    import warnings
+
+    from music21 import chord, converter, harmony, note
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # music21 reads a note-name bass's `+` (a sharp, `"D/f+"`) as nothing: it is told `#`
+            score = converter.parse("X:1\n" + regex.sub(r'(/[a-g])\+(\)?")', r'\1#\2', tune), format="abc")
+        except Exception:  # music21 raises many types for a tune it cannot read; that pair counts as not exact
+            return []
+    seq = []
+    for element in score.flatten().notes:
+        if isinstance(element, harmony.ChordSymbol):
+            if element.figure and element.figure.lstrip("(")[:1] in LETTERS:  # music21 reads some text as chords
+                seq.append(("root", element.root().pitchClass))
+                seq.append(("root", element.bass().pitchClass))  # the bass, the root again where none is written
+        elif isinstance(element, chord.Chord):
+            seq.append(("chord", tuple(sorted(p.midi for p in element.pitches))))
+        elif isinstance(element, note.Note):
+            seq.append(("note", element.pitch.midi))
+    return seq
+
+
+def moved_by(original: list[tuple], moved: list[tuple], semitones: int) -> bool:
+    """Whether `moved` is `original` (both from music21_pitches) with every pitch and chord root moved by exactly
+    `semitones`."""
+    if len(original) != len(moved) or not original:
+        return False
+    for (kind, a), (other, b) in zip(original, moved):
+        if kind != other:
+            return False
+        if kind == "root" and (a + semitones) % 12 != b:
+            return False
+        if kind == "chord" and tuple(x + semitones for x in a) != b:
+            return False
+        if kind == "note" and a + semitones != b:
+            return False
+    return True
+
+
+def check_book(tunes: list[str], shifts: list[int]) -> dict:
+    """How exactly the tunes move: the share of (tune, shift) pairs in which music21 reads every note, chord and
+    chord-symbol root and bass of the moved tune at exactly the shift from the tune's own, and how many carry chord
+    symbols."""
+    pairs, exact, refused, missed = 0, 0, 0, []
+    for index, tune in enumerate(tunes):
+        original = music21_pitches(tune)
+        for semitones in shifts:
+            pairs += 1
+            moved, _ = transpose(tune, semitones)
+            if moved is None:
+                refused += 1
+            elif moved_by(original, music21_pitches(moved), semitones):
+                exact += 1
+            else:
+                missed.append([index, semitones])
+    chords = sum(any(kind == "root" for kind, _ in music21_pitches(tune)) for tune in tunes)
+    return {"tunes": len(tunes), "with_chord_symbols": chords, "pairs": pairs, "exact": exact,
+            "exact_share": round(exact / pairs, 4) if pairs else None, "refused": refused, "not_exact": missed[:20]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.abc.transpose", description=__doc__.split("\n")[0])
     parser.add_argument("file", help="an ABC file (a tune book)")
-    parser.add_argument("--semitones", type=int, required=True, help="how far to move, e.g. 2 or -5")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--semitones", type=int, help="how far to move, e.g. 2 or -5")
+    how.add_argument("--check", type=int, nargs="+", metavar="SHIFT",
+                     help="measure instead: move every tune by each shift and print, as JSON, the share that music21 "
+                     "reads moved exactly (notes, chords, chord-symbol roots and basses), e.g. --check -5 2 7")
     args = parser.parse_args(argv)
+    if args.check:
+        try:
+            tunes = split_tunes(read_text(Path(args.file)))
+        except OSError as e:
+            print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
+            return 2
+        print(json.dumps(check_book(tunes, args.check)))
+        return 0
     return rewrite_book(args.file, lambda tune: transpose(tune, args.semitones), "transposed")
 
 

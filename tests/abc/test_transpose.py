@@ -1,16 +1,16 @@
 """Transposition: exact pitches (as music21 reads them, against abc2abc), conventional keys, bar-long accidentals."""
 
+import json
 import random
 import shutil
 import subprocess
 import sys
-import warnings
 
 import pytest
 from conftest import REPO
 
 from finetune.abc.check import check_tunes
-from finetune.abc.transpose import transpose
+from finetune.abc.transpose import check_book, moved_by, music21_pitches, transpose
 
 
 @pytest.mark.parametrize("tune, semitones, expected", [
@@ -25,6 +25,8 @@ from finetune.abc.transpose import transpose
     ("K:D clef=bass\nd|\n", 2, "K:E clef=bass\ne|\n"),
     ('K:G\n"^text"G [K:D] d|"dance"A\n', 2, 'K:A\n"^text"A [K:E] e|"dance"B\n'),  # annotations are text
     ('K:D\n"(E7)"A2 "(A7/C#)"B|\n', 2, 'K:E\n"(F#7)"B2 "(B7/D#)"c|\n'),  # optional chords in parentheses move too
+    # a bass written as a note name (the Nottingham Music Database's `+` for a sharp) keeps that spelling
+    ('K:G\n"D7/a"A "D/f+"A "Gm/bb"A|\n', 2, 'K:A\n"E7/b"B "E/g+"B "Am/c"B|\n'),
 ])
 def test_notes_keys_and_chord_symbols_move_exactly(tune, semitones, expected):
     assert transpose(tune, semitones) == (expected, None)
@@ -33,40 +35,6 @@ def test_notes_keys_and_chord_symbols_move_exactly(tune, semitones, expected):
 def test_a_key_with_explicit_accidentals_is_refused_with_the_reason():
     moved, reason = transpose("K:D exp ^f\nd|\n", 2)
     assert moved is None and "explicit accidentals" in reason
-
-
-def music21_pitches(text):
-    """Every note's MIDI number, chord's MIDI numbers and chord symbol's root as music21 reads the tune."""
-    from music21 import chord, converter, harmony, note
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        score = converter.parse("X:1\n" + text, format="abc")
-    seq = []
-    for element in score.flatten().notes:
-        if isinstance(element, harmony.ChordSymbol):
-            if element.figure and element.figure[0] in "ABCDEFG":  # music21 reads some text ("f", "dance") as chords
-                seq.append(("root", element.root().pitchClass))
-        elif isinstance(element, chord.Chord):
-            seq.append(("chord", tuple(sorted(p.midi for p in element.pitches))))
-        elif isinstance(element, note.Note):
-            seq.append(("note", element.pitch.midi))
-    return seq
-
-
-def moved_by(original, moved, semitones) -> bool:
-    if len(original) != len(moved) or not original:
-        return False
-    for (kind, a), (other, b) in zip(original, moved):
-        if kind != other:
-            return False
-        if kind == "root" and (a + semitones) % 12 != b:
-            return False
-        if kind == "chord" and tuple(x + semitones for x in a) != b:
-            return False
-        if kind == "note" and a + semitones != b:
-            return False
-    return True
 
 
 def abc2abc(tune, semitones, tmp_path):
@@ -117,3 +85,24 @@ def test_the_command_prints_one_transposed_tune_per_tune(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "X:1\nT:One\nK:A\nABc|\n\nX:2\nT:Two\nK:F#m\nFGA|\n\n"
+
+
+@pytest.mark.integration
+def test_check_measures_a_tune_book_and_catches_an_unmoved_chord(tmp_path, capsys):
+    """`--check` scores a book with chord symbols, optional ones and note-name basses as music21 reads them, and
+    the comparison under it fails a tune whose chord symbol stayed put."""
+    from finetune.abc.transpose import main
+
+    book = [
+        'M:6/8\nL:1/8\nK:G\n"G"GAB "D7/a"AGF|"(Em)"EFG "C/e"c2B|"Am"ABc "D/f+"d2c|"G"B3 G3|]\n',
+        'M:4/4\nL:1/8\nK:Dm\n"Dm"D2FA "(A7)"^c2e2|"Gm/bb"d2B2 "A7/C#"A4|"Dm"d8|]\n',
+    ]
+    (tmp_path / "book.abc").write_text("".join(f"X:{i}\n{tune}\n" for i, tune in enumerate(book, 1)))
+    assert main([str(tmp_path / "book.abc"), "--check", "-5", "2", "7"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == {**result, "tunes": 2, "with_chord_symbols": 2, "pairs": 6, "exact": 6, "exact_share": 1.0}
+    moved, _ = transpose(book[0], 2)
+    unmoved_chord = moved.replace('"E7/b"', '"D7/b"')  # the chord symbol left where it was
+    assert moved != unmoved_chord and moved_by(music21_pitches(book[0]), music21_pitches(moved), 2)
+    assert not moved_by(music21_pitches(book[0]), music21_pitches(unmoved_chord), 2)
+    assert check_book(["L:1/4\nK:C\nCDE|\n"], [1])["exact"] == 1 and check_book(["not a tune %%%"], [1])["exact"] == 0
