@@ -101,6 +101,20 @@ class DataArguments:
         },
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the tune for jsonl/csv/parquet/hub data."})
+    sources: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Keep only the tunes of these sources, in every split: a collection of the built-in corpus "
+            "(e.g. 'oneills1850'; its folders), or a file of a tune-book folder (e.g. 'reels.abc'). Empty: all."
+        },
+    )
+    exclude_sources: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Leave out the tunes of these sources (named as for 'sources') in every split, e.g. to train a "
+            "base that has not seen the tune book it will be fine-tuned on. Empty: none."
+        },
+    )
     validation_split_percentage: int = field(
         default=5,
         metadata={
@@ -110,7 +124,8 @@ class DataArguments:
     )
     max_seq_length: int | None = field(
         default=None,
-        metadata={"help": "Tokens per packed row. Unset: the model's context length (max_position_embeddings)."},
+        metadata={"help": "Tokens per packed row. Unset: the model's context length (max_position_embeddings). A "
+                  "checkpoint with a shorter context trains on rows of its context (the plan says so)."},
     )
     overlong_tunes: Literal["truncate", "split", "drop"] = field(
         default="truncate",

@@ -266,7 +266,53 @@ def _local_splits(path: Path, text_column: str, streaming: bool = False) -> RawS
 
 def load_raw_splits(data_args: DataArguments) -> RawSplits:
     """The source's splits, each with a `text` column of raw tunes (cleaning comes next): `Dataset`s, or
-    `IterableDataset`s with `streaming: true`."""
+    `IterableDataset`s with `streaming: true`; only the tunes of the recipe's `sources`, less its `exclude_sources`."""
+    splits = _all_raw_splits(data_args)
+    include, exclude = data_args.sources, data_args.exclude_sources
+    if not (include or exclude):
+        return splits
+    where = data_args.dataset_name_or_path
+    if any(table.column_names is not None and "source" not in table.column_names for table in splits.values()):
+        raise UserError(
+            f"dataset '{where}': its tunes name no source, so 'sources'/'exclude_sources' cannot choose among them; "
+            "unset them, or give the tunes as a folder of tune books (each file is a source)"
+        )
+    tables = [table for table in splits.values() if isinstance(table, datasets.Dataset)]
+    if tables:  # a stream is not read ahead to check the names
+        known = {source_name(str(s)) for t in tables for s in pc.unique(t.data.column("source")).to_pylist() if s}
+        unknown = [name for name in include + exclude if not any(_named_by(s, [name]) for s in known)]
+        if unknown:
+            collections = sorted({s.split("/")[0] for s in known})
+            raise UserError(
+                f"dataset '{where}': no tune comes from {', '.join(map(repr, unknown))}; its sources are "
+                f"{', '.join(collections[:20])}{' ...' if len(collections) > 20 else ''}"
+            )
+    kwargs = {"batched": True, "fn_kwargs": {"include": include, "exclude": exclude}}
+    chosen = RawSplits({
+        name: table.filter(_keeps_sources, **kwargs, **({} if isinstance(table, datasets.IterableDataset)
+                                                          else {"desc": "choose sources"}))
+        for name, table in splits.items()
+    })
+    chosen.layout = splits.layout
+    return chosen
+
+
+def source_name(source: str) -> str:
+    """A tune's collection and file: `oneills1850/oneills1850.abc` of `oneills1850/oneills1850.abc#12`."""
+    return source.rpartition("#")[0] or source
+
+
+def _named_by(source: str, names: list[str]) -> bool:
+    where = source_name(source)
+    return any(where == name or where.startswith(name.rstrip("/") + "/") for name in names)
+
+
+def _keeps_sources(batch: dict, include: list[str], exclude: list[str]) -> list[bool]:
+    sources = [str(s) if s is not None else "" for s in batch["source"]]
+    return [(not include or _named_by(s, include)) and not _named_by(s, exclude) for s in sources]
+
+
+def _all_raw_splits(data_args: DataArguments) -> RawSplits:
     name = data_args.dataset_name_or_path
     if name == BUILTIN_DATASET:
         if not (BUILTIN_DIR / "stats.json").is_file():

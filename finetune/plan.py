@@ -81,7 +81,11 @@ def make_plan(
     adapters = f", {_count(trainable)} trainable in LoRA r={model_args.lora_r} adapters" if model_args.use_peft else ""
     base = " (4-bit NF4 base)" if model_args.load_in_4bit else ""
     add(f"  model            {model}{base}: {_count(total)} parameters{adapters}")
-    add(f"  data             {data_args.dataset_name_or_path}; rows of {block_size} tokens (max_seq_length)")
+    chosen = "".join(
+        f" {word} {', '.join(names)}" for word, names in (("only", data_args.sources), ("without", data_args.exclude_sources))
+        if names
+    )
+    add(f"  data             {data_args.dataset_name_or_path}{chosen}; rows of {block_size} tokens (max_seq_length)")
     for split, s in data_stats.items():
         if "estimated_from" in s:
             _add_stream_estimate(plan, split, s, block_size)

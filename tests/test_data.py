@@ -354,3 +354,44 @@ def test_the_field_s_tune_books_load_as_they_come(tmp_path, corpus, capsys):
                               "--output_dir", tmp_path / "run", "--dry_run"], capsys)
     assert code == 0, err
     assert "tunes read from folk-rnn's token layout" in out  # the plan says how it read them
+
+
+def test_sources_choose_collections_in_every_split(corpus, tmp_path):
+    """`sources` keeps a collection's tunes in every split and `exclude_sources` leaves them out: together they
+    partition the corpus; a name that matches nothing, or data whose tunes name no source, is one clear error."""
+    from finetune.errors import UserError
+
+    only = DataArguments(sources=["oneills1850"])
+    without = DataArguments(exclude_sources=["oneills1850"])
+    kept, _ = clean_splits(load_raw_splits(only), only)
+    rest, _ = clean_splits(load_raw_splits(without), without)
+    for split, texts in corpus.items():
+        assert len(kept[split]) > 50
+        assert sorted([*kept[split]["text"], *rest[split]["text"]]) == sorted(texts)
+        assert all(s.startswith("oneills1850/") for s in kept[split]["source"])
+        assert not any(s.startswith("oneills1850/") for s in rest[split]["source"])
+    with pytest.raises(UserError, match="no tune comes from 'oneils1850'; its sources are airdsAirs, essenFolksong"):
+        load_raw_splits(DataArguments(exclude_sources=["oneils1850"]))
+
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "jigs.abc").write_text("".join(f"X:{i}\nM:6/8\nK:D\nA{i}B|\n\n" for i in range(1, 30)))
+    (books / "reels.abc").write_text("".join(f"X:{i}\nM:4/4\nK:G\nG{i}B|\n\n" for i in range(1, 30)))
+    args = DataArguments(dataset_name_or_path=str(books), sources=["reels.abc"], validation_split_percentage=10)
+    chosen, _ = clean_splits(load_raw_splits(args), args)
+    texts = [t for ds in chosen.values() for t in ds["text"]]
+    assert len(texts) == 29 and all("M:4/4" in t for t in texts)
+
+    table = tmp_path / "tunes.jsonl"
+    table.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus["train"][:20]))
+    with pytest.raises(UserError, match="its tunes name no source"):
+        load_raw_splits(DataArguments(dataset_name_or_path=str(table), sources=["x"]))
+
+
+def test_the_plan_names_the_sources_left_out(tmp_path, capsys):
+    from conftest import TINY_RECIPE, run_cli
+
+    code, out, err = run_cli([TINY_RECIPE, "--exclude_sources", "oneills1850", "ryansMammoth",
+                              "--output_dir", tmp_path / "run", "--dry_run"], capsys)
+    assert code == 0, err
+    assert "data             music21 without oneills1850, ryansMammoth; rows of" in out
