@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     if data_args.streaming and resume_from:
         check_stream_resume(resume_from)
     config = load_config(model_args)
-    block_size = resolve_block_size(data_args.max_seq_length, config)
+    block_size = resolve_block_size(data_args.max_seq_length, config, trained=bool(model_args.model_name_or_path))
     set_seed(training_args.seed)
 
     ########## data: clean tunes, tokenize, pack (cached by datasets; the main process goes first)
@@ -67,6 +67,8 @@ def main(argv: list[str]) -> int:
     if resume_from and not model_args.model_name_or_path:
         check_resume_tokenizer(resume_from, tokenizer.get_vocab())
     notes = recipe.notes + ([f"tunes read from {raw.layout}"] if raw.layout else [])
+    if data_args.max_seq_length and data_args.max_seq_length > block_size:
+        notes.append(f"max_seq_length {data_args.max_seq_length} is past the model's context: rows of {block_size} tokens")
     notes += [f"skipped tunes: {skipped}"] if skipped else []
     if model_args.tokenizer_merges:
         notes.append(f"tokenizer: {len(tokenizer)} tokens, ABC characters + merges learned from the train tunes")

@@ -35,7 +35,9 @@ def _load_or_explain(loader, name: str, what: str, **kwargs):
         return loader(name, **kwargs)
     except (OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {what} '{name}': {first_line}") from None
+        offline = "couldn't connect" in first_line or "offline" in first_line.lower()
+        hint = "; without the hub, name a local checkpoint instead, e.g. a run's output_dir" if offline else ""
+        raise UserError(f"cannot load {what} '{name}': {first_line}{hint}") from None
 
 
 def load_config(model_args: ModelArguments) -> PretrainedConfig:
@@ -59,11 +61,15 @@ def context_length(config: PretrainedConfig) -> int:
     raise UserError(f"the {config.model_type} config names no context length; set 'max_seq_length'")
 
 
-def resolve_block_size(max_seq_length: int | None, config: PretrainedConfig) -> int:
-    """Tokens per packed row: max_seq_length, or the model's context length when it is unset."""
+def resolve_block_size(max_seq_length: int | None, config: PretrainedConfig, trained: bool = False) -> int:
+    """Tokens per packed row: max_seq_length, or the model's context length when it is unset. A trained model
+    (`trained`: a checkpoint to fine-tune or evaluate) with a shorter context gets rows of its context, so that a
+    recipe written for one base takes another; for a new model the recipe contradicts itself, which is an error."""
     context = context_length(config)
     block_size = max_seq_length or context
     if block_size > context:
+        if trained:
+            return context
         raise UserError(f"max_seq_length {block_size} is longer than the model's context ({context})")
     return block_size
 

@@ -96,12 +96,28 @@ def test_lora_without_a_base_model_is_refused(tmp_path, capsys):
     assert code == 2 and "'use_peft' adapts a pretrained model" in stderr
 
 
-def test_lora_dry_run_counts_base_and_adapter_parameters(base_model, capsys):
+def test_lora_and_qlora_recipes_take_a_local_base_of_a_shorter_context(base_model, capsys):
+    """The recipes name a hub model; a local checkpoint in its place is taken as it is, its shorter context too."""
     from conftest import run_cli
 
-    code, stdout, stderr = run_cli([LORA_RECIPE, "--model_name_or_path", base_model, "--max_seq_length", 256, "--dry_run"], capsys)
-    assert code == 0, stderr
-    assert re.search(r"model            \S+: [\d.]+k parameters, [\d.]+k trainable in LoRA r=16 adapters", stdout)
+    for recipe in (LORA_RECIPE, REPO / "recipes" / "music_abc_qlora.json"):
+        code, stdout, stderr = run_cli([recipe, "--model_name_or_path", base_model, "--dry_run"], capsys)
+        assert code == 0, stderr
+        assert re.search(r"model            \S+( \(4-bit NF4 base\))?: [\d.]+k parameters, [\d.]+k trainable in LoRA "
+                         r"r=16 adapters", stdout)
+        assert "max_seq_length 1024 is past the model's context: rows of 512 tokens" in stdout
+        assert "rows of 512 tokens (max_seq_length)" in stdout
+
+
+def test_a_hub_base_out_of_reach_says_to_name_a_local_one(tmp_path):
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "run_finetune.py", str(LORA_RECIPE), "--dry_run", "--output_dir", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2 and "name a local checkpoint instead" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_4bit_layers_the_packed_cpu_kernel_cannot_hold_use_the_generic_one(base_model, monkeypatch):
