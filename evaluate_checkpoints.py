@@ -29,7 +29,7 @@ import sys
 
 from finetune.abc.check import resolve_checker
 from finetune.errors import UserError, run_command
-from finetune.evaluation.checkpoints import EvalCommand, evaluate_run, find_checkpoints, read_run
+from finetune.evaluation.checkpoints import EvalCommand, data_from, evaluate_run, find_checkpoints, read_run
 from finetune.evaluation.report import chosen_steps, parse_steps, write_report
 from finetune.generation import SampleArguments
 from finetune.recipe import CliParser
@@ -48,6 +48,9 @@ def main(argv: list[str]) -> int:
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
+    folder = "eval"
+    if command.data_from:  # another run's or recipe's held-out tunes, in a folder of their own
+        data_args, folder = data_from(command.data_from)
     sample_args = sample_args.settled(resolved.get("sampling"))  # flags, else the recipe's, else the defaults
     checkpoints = find_checkpoints(rest.run_dir)
     if command.steps:
@@ -61,9 +64,9 @@ def main(argv: list[str]) -> int:
         raise UserError(str(e)) from None
 
     ########## data, prompts, every checkpoint: Trainer.evaluate, samples and their scores; eval/ written
-    evaluate_run(rest.run_dir, checkpoints, command, sample_args, data_args, resolved, checker)
+    evaluate_run(rest.run_dir, checkpoints, command, sample_args, data_args, resolved, checker, folder)
     if command.report:
-        print(f"Wrote {write_report(rest.run_dir, report_steps)}")
+        print(f"Wrote {write_report(rest.run_dir, report_steps, folder)}")
     return 0
 
 

@@ -36,7 +36,7 @@ from ..generation import (
 from ..model import context_length, has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from ..model_card import add_evaluation
 from ..packing import tokenize_and_pack
-from ..recipe import CliParser
+from ..recipe import CliParser, read_recipe
 from ..run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
 from .report import samples_folder
 from .results import MUSIC_COLUMNS, TUNE_KINDS, write_results
@@ -62,6 +62,14 @@ class EvalCommand:
     )
     steps: str | None = field(
         default=None, metadata={"help": "Evaluate only the checkpoints of these steps, comma-separated; default all."}
+    )
+    data_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Score against the held-out tunes of another run's or recipe's data (a run folder or a recipe "
+            ".json): e.g. a base run on the tune book its fine-tunes learnt. Results go to RUN_DIR/eval-NAME/ "
+            "(NAME: that run's or recipe's name) and the model card is left as it is. Default: the run's own data."
+        },
     )
 
 
@@ -93,6 +101,16 @@ def read_run(run_dir: str) -> tuple[DataArguments, dict]:
         raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
     (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(resolved, allow_extra_keys=True)
     return data_args, resolved
+
+
+def data_from(path: str) -> tuple[DataArguments, str]:
+    """The data arguments of a run folder or a recipe file, and the evaluation folder's name for them."""
+    where = Path(path)
+    if where.is_dir():
+        data_args, _ = read_run(path)
+    else:
+        (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(read_recipe(where), allow_extra_keys=True)
+    return data_args, f"eval-{where.resolve().stem}"
 
 
 def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str], list[str]]:
@@ -172,8 +190,9 @@ class Scorer:
 
 
 def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalCommand, sample_args: SampleArguments,
-                 data_args: DataArguments, resolved: dict, checker: str) -> None:
-    """Score `checkpoints` of the run, write RUN_DIR/eval/ and the evaluation into the run's model card."""
+                 data_args: DataArguments, resolved: dict, checker: str, folder: str = "eval") -> None:
+    """Score `checkpoints` of the run, write RUN_DIR/`folder`/ and, for the run's own data (`eval`), the evaluation
+    into the run's model card."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
     held_out, training_tunes, other_split = held_out_tunes(data_args, command.split)
     texts = held_out[command.split]["text"]
@@ -191,7 +210,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     real_checks = check_tunes(real, checker)
     reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts), **score.music(ceiling)}
     tokenizer = None
-    out = Path(run_dir) / "eval"
+    out = Path(run_dir) / folder
     out.mkdir(exist_ok=True)
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
     write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
@@ -206,7 +225,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
             model, checkpoint_tokenizer = load_checkpoint(checkpoint.path)
             if tokenizer is None:
                 tokenizer = checkpoint_tokenizer
-                block_size = resolve_block_size(data_args.max_seq_length, model.config)
+                block_size = resolve_block_size(data_args.max_seq_length, model.config, trained=True)
                 packed, _ = tokenize_and_pack(held_out, tokenizer, block_size, data_args, splits=(command.split,))
                 token_metrics = TokenMetrics(tokenizer)
                 # the real tunes' truncation: those the budget a sample gets would cut off too
@@ -252,7 +271,8 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
                            "tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
-    add_evaluation(run_dir, rows, reference, last_own_tune, settings)
+    if folder == "eval":
+        add_evaluation(run_dir, rows, reference, last_own_tune, settings)
     folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)
     print(table, end="")
     print(f"Wrote {out}/metrics.{{json,csv,md,png}} and samples/{{{folders}}} ({checker} checker, {command.split} split)")

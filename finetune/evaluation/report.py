@@ -120,11 +120,11 @@ def chosen_steps(rows: list[dict], steps: list[int] | None) -> list[int]:
     return sorted({known[0], known[-1]})
 
 
-def build_report(run_dir: str, steps: list[int] | None = None) -> str:
-    run, evaluation = Path(run_dir), Path(run_dir) / "eval"
+def build_report(run_dir: str, steps: list[int] | None = None, folder: str = "eval") -> str:
+    run, evaluation = Path(run_dir), Path(run_dir) / folder
     metrics_path = evaluation / "metrics.json"
     if not metrics_path.is_file():
-        raise UserError(f"{run_dir} has not been evaluated (no eval/metrics.json); run evaluate_checkpoints.py {run_dir}")
+        raise UserError(f"{run_dir} has not been evaluated (no {folder}/metrics.json); run evaluate_checkpoints.py {run_dir}")
     report = json.loads(metrics_path.read_text())
     settings = report["settings"]
     references = _read_samples(evaluation / "samples" / "reference")
@@ -185,10 +185,10 @@ checker {html.escape(settings["checker"])}; sampling: {html.escape(sampling)}.</
 """
 
 
-def write_report(run_dir: str, steps: list[int] | None = None) -> Path:
-    """Write RUN_DIR/eval/report.html (atomically) and return its path."""
-    text = build_report(run_dir, steps)
-    path = Path(run_dir) / "eval" / "report.html"
+def write_report(run_dir: str, steps: list[int] | None = None, folder: str = "eval") -> Path:
+    """Write RUN_DIR/`folder`/report.html (atomically) and return its path."""
+    text = build_report(run_dir, steps, folder)
+    path = Path(run_dir) / folder / "report.html"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -250,3 +250,31 @@ def test_steps_picks_checkpoints_and_an_unknown_step_is_refused(run_dir, tmp_pat
     assert code == 0, stderr[-2000:]
     rows = json.loads((copy / "eval" / "metrics.json").read_text())["rows"]
     assert [(row["step"], row["tunes"]) for row in rows] == [(6, "own")]
+
+
+def test_data_from_scores_a_run_on_another_recipes_tunes_in_a_folder_of_its_own(run_dir, tmp_path, capsys):
+    """A base scored on the tune book it never saw: the other data's held-out tunes are the reference, the results
+    go to eval-NAME/, and the run's own eval/ and model card are left as they were."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "optimizer.pt"))
+    card = (copy / "README.md").read_text()
+    book = tmp_path / "book"
+    book.mkdir()
+    tunes = {"train": "X:1\nT:Trained On\nM:2/4\nL:1/8\nK:D\nABcd|efga|\n",
+             "validation": "X:2\nT:Held Out Reel\nM:4/4\nL:1/8\nK:G\nGABc dedB|cBAG FGAB|\n"}
+    for split, tune in tunes.items():
+        (book / f"{split}.jsonl").write_text(json.dumps({"text": tune}) + "\n")
+    recipe = tmp_path / "my_book.json"
+    recipe.write_text(json.dumps({"dataset_name_or_path": str(book), "max_train_samples": None, "max_eval_samples": None}))
+    code, _, stderr = evaluate_here(capsys, copy, "--data_from", tmp_path / "nowhere.json")
+    assert code == 2 and "nowhere.json: no such recipe file" in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = evaluate_here(capsys, copy, "--data_from", recipe, "--steps", "9", "--num_samples", 1,
+                                    "--max_new_tokens", 16, "--constrain", "none")
+    assert code == 0, stderr[-2000:]
+    out = copy / "eval-my_book"
+    report = json.loads((out / "metrics.json").read_text())
+    assert [(row["step"], row["tunes"]) for row in report["rows"]] == [(9, "own")]
+    reference = "".join(path.read_text() for path in (out / "samples" / "reference").glob("*.abc"))
+    assert "Held Out Reel" in reference and "Trained On" not in reference
+    assert not (copy / "eval").exists()
+    assert (copy / "README.md").read_text() == card
