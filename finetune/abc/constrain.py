@@ -118,7 +118,12 @@ class MeterLogitsProcessor(LogitsProcessor):
                 syntax_ok = (t for t in order[row] if self.texts[t] and policy.verdict(state, self.texts[t], meter=False))
                 allowed = list(itertools.islice(syntax_ok, self.keep))
             mask[row, allowed or [self.eos]] = 0
-        return scores + mask
+        kept = scores + mask
+        # An earlier processor (the loop limit) masked every token allowed here, say the end of the tune: the syntax
+        # wins over the loop, and those tokens stay open, equally likely, so that a row is never left nothing.
+        stuck = kept.isneginf().all(-1)
+        kept[stuck] = mask[stuck]
+        return kept
 
     def _advance(self, state: RowState, token_id: int) -> None:
         """Feed the token a row has just sampled, and update what the bar policy remembers."""

@@ -242,6 +242,18 @@ def test_near_the_budget_only_the_ending_is_kept():
     assert allowed_after(HEADER + "(A|d2d dc |)", max_new_tokens=10) == {"</s>"}
 
 
+
+def test_where_an_earlier_processor_masked_all_the_meter_allows_the_meter_still_gives_the_row_a_token():
+    """Near the budget only the end is allowed; a loop limit that masked the end (a fourth copy of a block ending
+    there) must not leave the row nothing to sample, which generate would fail on."""
+    processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=3, keep=len(TOKENIZER))
+    scores = torch.zeros(2, len(TOKENIZER))
+    scores[0, TOKENIZER.eos_token_id] = float("-inf")
+    ids = torch.tensor([TOKENIZER(HEADER + "A|d2d dcd|d3 d2|]")["input_ids"]] * 2)
+    kept = processor(ids, scores)
+    assert torch.isfinite(kept).nonzero().tolist() == [[0, TOKENIZER.eos_token_id], [1, TOKENIZER.eos_token_id]]
+
+
 @pytest.mark.integration
 def test_constrained_sampling_makes_an_untrained_model_write_tunes_that_pass():
     """An untrained model (fresh weights) writes noise that no checker passes (validity 0, bar consistency 0:
