@@ -33,8 +33,9 @@ from transformers import (
 )
 
 from .abc import header_length
-from .abc.check import run_abc2midi
+from .abc.check import analyse, run_abc2midi
 from .abc.constrain import MeterLogitsProcessor
+from .abc.measures import tune_flags
 from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
@@ -89,6 +90,13 @@ class SampleArguments:
                   "so that a loop is cut (LoopLimitLogitsProcessor; real tunes seldom repeat a block more often); 0 "
                   "turns it off."},
     )
+    best_of: int = field(
+        default=1,
+        metadata={"help": "Sample this many tunes per prompt and keep the best (best-of-n): one that ended before one "
+                  "cut off, then one the checker passes, then one with the fewest faults a listener hears (a bar "
+                  "looped, no return to the tonic, notes outside the key; finetune/abc/measures.py), then the "
+                  "fewest bars off the meter. Costs n times the sampling."},
+    )
     constrain: Literal["meter", "none"] = field(
         default="meter",
         metadata={"help": "meter: mask tokens that would break ABC syntax or the meter (finetune/abc/constrain.py); none: no such mask "
@@ -107,6 +115,8 @@ class SampleArguments:
             found.append(f"max_repeats must be 0 (off) or at least 2, not {self.max_repeats}")
         if self.batch_size < 1:
             found.append(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.best_of < 1:
+            found.append(f"best_of must be at least 1, not {self.best_of}")
         if found:
             raise UserError("; ".join(found))
 
@@ -190,6 +200,10 @@ def generate_tunes(
     budget, the rest of the context after its prompt or `max_new_tokens`, whichever prompts share its batch.
     Sampling settings still unset (see `SampleArguments.settled`) are SAMPLING_DEFAULTS."""
     args = args.settled()
+    if args.best_of > 1:  # every prompt n times, then each prompt's best candidate
+        candidates = generate_tunes(model, tokenizer, [p for p in prompts for _ in range(args.best_of)],
+                                    replace(args, best_of=1))
+        return [max(candidates[i : i + args.best_of], key=rerank_key) for i in range(0, len(candidates), args.best_of)]
     set_seed(args.seed)
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
     context = context_length(model.config)
@@ -240,6 +254,13 @@ def generate_tunes(
             text = prompts[i] + tokenizer.decode(new, skip_special_tokens=True)
             results[i] = Sample(prompt=prompts[i], text=text, ended=ended, new_tokens=len(new))
     return results
+
+
+def rerank_key(sample: Sample) -> tuple:
+    """How best-of-n ranks a prompt's candidates (the highest wins; ties go to the earliest): ended, then passed by
+    the checker, then the fewest faults a listener hears, then the fewest bars off the meter."""
+    report = analyse(sample.text)
+    return sample.ended, report.valid, -len(tune_flags(sample.text)), -report.bars_off
 
 
 def token_budget(args: SampleArguments, context: int, prompt_tokens: int) -> int:

@@ -236,3 +236,25 @@ def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
     assert write_midi(tune, tmp_path / "a.mid") is None and (tmp_path / "a.mid").stat().st_size > 0
     assert write_midi("no tune at all", tmp_path / "a.mid").startswith("abc2midi wrote no MIDI")
     assert not (tmp_path / "a.mid").exists()  # the earlier file is gone, not passed off as this one's
+
+
+def test_best_of_keeps_each_prompts_best_candidate_by_the_rerank():
+    """best_of n samples every prompt n times and keeps, per prompt, the candidate the rerank puts first (ended,
+    valid, fewest faults, fewest bars off), the earliest of equals; a count below 1 is refused."""
+    from finetune.errors import UserError
+    from finetune.generation import rerank_key
+
+    model = fresh_model()
+    prompts = [HEADER, "M:4/4\nL:1/8\nK:G\n", "M:3/4\nL:1/8\nK:Ador\n"]
+    args = SampleArguments(max_new_tokens=60, constrain="meter")
+    best = generate_tunes(model, TOKENIZER, prompts, replace(args, best_of=4))
+    candidates = generate_tunes(model, TOKENIZER, [p for p in prompts for _ in range(4)], args)
+    assert len(best) == 3
+    for i, chosen in enumerate(best):
+        mine = candidates[4 * i : 4 * i + 4]
+        keys = [rerank_key(s) for s in mine]
+        assert chosen.prompt == prompts[i]
+        assert chosen.text == mine[keys.index(max(keys))].text
+    assert len({rerank_key(s) for s in candidates}) > 1  # the rerank had something to choose between
+    with pytest.raises(UserError, match="best_of must be at least 1, not 0"):
+        SampleArguments(best_of=0)
