@@ -339,8 +339,10 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(DATA_SUFFIXES) or name.count("/") != 1
 
 
-def _writable_problem(output_dir: str) -> str | None:
+def _writable_problem(output_dir: str | None) -> str | None:
     """Can output_dir be created and written? Checked on its nearest existing ancestor, creating nothing."""
+    if not output_dir:
+        return "'output_dir' is not set; name the folder the run writes to, e.g. \"output_dir\": \"runs/mine\""
     path = existing_ancestor(output_dir)
     if not path.is_dir():
         return f"'output_dir': {path} is a file, not a folder"
@@ -466,6 +468,17 @@ def recipe_table(folder: Path) -> str:
         own = json.loads(path.read_text(encoding="utf-8"))
         rows.append([f"`{path.name}`", f"`{own['extends']}`" if "extends" in own else "–", own.get("description", "")])
     return markdown_table(["recipe", "extends", "what it is"], rows)
+
+
+def read_data_args(path: Path) -> DataArguments:
+    """The data keys of the recipe at `path`, type-checked as a run checks them; its other keys are not read, so a
+    recipe that names only its data will do."""
+    recipe = read_recipe(path)
+    names = {f.name for f in dataclasses.fields(DataArguments) if f.init}
+    good, problems = _recipe_problems({k: v for k, v in recipe.items() if k in names}, RecipeParser().field_types)
+    if problems:
+        raise UserError(_join(path, problems))
+    return DataArguments(**good)
 
 
 def _join(recipe_path: Path, problems: list[str]) -> str:

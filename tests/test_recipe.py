@@ -166,6 +166,16 @@ def test_bad_recipe_exits_2_with_one_line_and_writes_nothing(case, tmp_path, cap
     assert not out_dir.exists()
 
 
+def test_a_recipe_that_names_no_output_dir_is_told_to(tmp_path, capsys):
+    recipe = json.loads((REPO / "recipes" / "music_abc.json").read_text())
+    del recipe["output_dir"]
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(recipe))
+    code, _, stderr = run_cli([path, "--dry_run"], capsys)
+    assert code == 2 and "'output_dir' is not set; name the folder the run writes to" in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [("", "empty file"), ('{"seed": 1,}', "invalid JSON"), (b"\xff\xfe{}", "not UTF-8")],
