@@ -36,7 +36,7 @@ from ..generation import (
 from ..model import context_length, has_tokenizer, is_model_dir, load_checkpoint, resolve_block_size
 from ..model_card import add_evaluation
 from ..packing import tokenize_and_pack
-from ..recipe import CliParser, read_recipe
+from ..recipe import CliParser, read_data_args
 from ..run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
 from .report import samples_folder
 from .results import MUSIC_COLUMNS, TUNE_KINDS, write_results
@@ -109,7 +109,7 @@ def data_from(path: str) -> tuple[DataArguments, str]:
     if where.is_dir():
         data_args, _ = read_run(path)
     else:
-        (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(read_recipe(where), allow_extra_keys=True)
+        data_args = read_data_args(where)
     return data_args, f"eval-{where.resolve().stem}"
 
 

@@ -268,6 +268,10 @@ def test_data_from_scores_a_run_on_another_recipes_tunes_in_a_folder_of_its_own(
     recipe.write_text(json.dumps({"dataset_name_or_path": str(book), "max_train_samples": None, "max_eval_samples": None}))
     code, _, stderr = evaluate_here(capsys, copy, "--data_from", tmp_path / "nowhere.json")
     assert code == 2 and "nowhere.json: no such recipe file" in stderr and len(stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset_name_or_path": str(book), "sources": 5}))
+    code, _, stderr = evaluate_here(capsys, copy, "--data_from", bad)
+    assert code == 2 and "bad.json" in stderr and "sources" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     code, _, stderr = evaluate_here(capsys, copy, "--data_from", recipe, "--steps", "9", "--num_samples", 1,
                                     "--max_new_tokens", 16, "--constrain", "none")
     assert code == 0, stderr[-2000:]
@@ -275,6 +279,6 @@ def test_data_from_scores_a_run_on_another_recipes_tunes_in_a_folder_of_its_own(
     report = json.loads((out / "metrics.json").read_text())
     assert [(row["step"], row["tunes"]) for row in report["rows"]] == [(9, "own")]
     reference = "".join(path.read_text() for path in (out / "samples" / "reference").glob("*.abc"))
-    assert "Held Out Reel" in reference and "Trained On" not in reference
+    assert "GABc dedB|cBAG FGAB|" in reference and "ABcd|efga|" not in reference  # that book's held-out tune
     assert not (copy / "eval").exists()
     assert (copy / "README.md").read_text() == card
