@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
         print(f"--- {out / record['abc']} ({check['checker']}: {verdict}{ending})")
         print(record["text"].rstrip())
     settings = sampling_text({k: getattr(sample_args, k) for k in SAMPLING_DEFAULTS})
-    print(f"Wrote {len(records)} tunes to {out} (.abc, .mid where music21 could read them, samples.jsonl); sampled at {settings}")
+    settings += f", best of {sample_args.best_of}" if sample_args.best_of > 1 else ""
+    print(f"Wrote {len(records)} tunes to {out} (.abc, .mid of those that play, samples.jsonl); sampled at {settings}")
     return 0
 
 

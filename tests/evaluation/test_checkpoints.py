@@ -159,6 +159,8 @@ def test_a_run_samples_as_its_recipe_says_unless_a_flag_says_otherwise(run_dir, 
     for model in (run, run / "checkpoint-6"):  # a checkpoint samples as its run's recipe says
         assert tunes(model, "--seed", "1") == tunes(model, "--seed", "2")
         assert printed[-1].endswith("sampled at temperature 1.2, top_k 1, top_p 0.8, min_p 0.0"), printed[-1]
+    assert tunes(run, "--seed", "1", "--best_of", "2") == tunes(run, "--seed", "2")  # top_k 1: every candidate alike
+    assert printed[-2].endswith("min_p 0.0, best of 2"), printed[-2]
     assert tunes(run, "--seed", "1", "--top_k", "8") != tunes(run, "--seed", "2", "--top_k", "8")
     code, _, stderr = evaluate_here(capsys, run, "--steps", "9", "--num_samples", "2", "--max_new_tokens", "24",
                                     "--constrain", "none", "--top_p", "0.9")
