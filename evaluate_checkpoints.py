@@ -33,6 +33,7 @@ from finetune.evaluation.checkpoints import EvalCommand, data_from, evaluate_run
 from finetune.evaluation.report import chosen_steps, parse_steps, write_report
 from finetune.generation import SampleArguments
 from finetune.recipe import CliParser
+from finetune.run_dir import EVAL_FOLDER
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
     command, sample_args, rest = parser.parse_command_line(argv)
     report_steps = parse_steps(command.report_steps)
     data_args, resolved = read_run(rest.run_dir)
-    folder = "eval"
+    folder = EVAL_FOLDER
     if command.data_from:  # another run's or recipe's held-out tunes, in a folder of their own
         data_args, folder = data_from(command.data_from)
     sample_args = sample_args.settled(resolved.get("sampling"))  # flags, else the recipe's, else the defaults

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from finetune.run_dir import EVAL_FOLDER
 from finetune.tables import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def sweep_one(name: str, flags: list[str], steps: int, out_root: Path, recipe: s
              "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "25"])
     minutes = json.loads((out / "train_results.json").read_text())["train_runtime"] / 60
     run([sys.executable, "evaluate_checkpoints.py", str(out), *eval_flags])
-    rows = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
+    rows = json.loads((out / EVAL_FOLDER / "metrics.json").read_text())["rows"]
     own, constrained = (next(r for r in reversed(rows) if r["tunes"] == tunes) for tunes in ("own", "constrained"))
     return {
         "variant": name, "flags": flags, "steps": steps, "train_minutes": round(minutes, 1),

@@ -27,7 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from finetune.evaluation.checkpoints import data_from
 from finetune.recipe import cpu_has_native_bf16, read_recipe
+from finetune.run_dir import EVAL_FOLDER
 from finetune.tables import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +64,10 @@ def score(name: str, recipe: str, eval_flags: list[str]) -> tuple[dict, dict]:
     out = REPO / read_recipe(REPO / recipe)["output_dir"]
     if not (out / "train_results.json").exists():
         run([sys.executable, "run_finetune.py", recipe])
-    folder = "eval"
+    folder = EVAL_FOLDER
     if name == "base":  # scored on the tune book, which it never saw, in a folder of its own
         eval_flags = [*eval_flags, "--data_from", TUNE_BOOK]
-        folder = f"eval-{Path(TUNE_BOOK).stem}"
+        _, folder = data_from(str(REPO / TUNE_BOOK))
     step = json.loads((out / "trainer_state.json").read_text())["global_step"]
     run([sys.executable, "evaluate_checkpoints.py", str(out), "--steps", str(step), *eval_flags])
     report = json.loads((out / folder / "metrics.json").read_text())

@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from .errors import UserError
 
 RECIPE_FILE = "recipe.json"
+EVAL_FOLDER = "eval"  # evaluate_checkpoints.py's results on the run's own data
 ENVIRONMENT_FILE = "environment.json"
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "bitsandbytes", "peft", "music21")
 

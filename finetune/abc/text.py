@@ -50,13 +50,20 @@ def header_length(text: str) -> int:
     return len(text) if line_end < 0 else line_end + 1
 
 
+def read_book(file: str) -> list[str] | None:
+    """The tunes of the tune book `file` for a command, or None where it cannot be read, the reason on stderr."""
+    try:
+        return split_tunes(read_text(Path(file)))
+    except OSError as e:
+        print(f"error: {file}: {e.strerror}", file=sys.stderr)
+        return None
+
+
 def rewrite_book(file: str, rewrite: Callable[[str], tuple[str | None, str | None]], verb: str) -> int:
     """The command-line loop of a rewriting (transpose.py, rescale.py): every tune of `file` rewritten on stdout, a
     tune it refuses kept as it is with the reason on stderr. Exit status: 0, 1 when a tune was refused, 2 unreadable."""
-    try:
-        tunes = split_tunes(read_text(Path(file)))
-    except OSError as e:
-        print(f"error: {file}: {e.strerror}", file=sys.stderr)
+    tunes = read_book(file)
+    if tunes is None:
         return 2
     refused = 0
     for tune in tunes:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import regex
 
 from .reader import Reader
-from .text import read_text, rewrite_book, split_tunes
+from .text import read_book, rewrite_book
 
 LETTERS = "CDEFGAB"
 NATURAL = (0, 2, 4, 5, 7, 9, 11)  # semitones above C of each letter
@@ -274,9 +273,10 @@ def check_book(tunes: list[str], shifts: list[int]) -> dict:
     """How exactly the tunes move: the share of (tune, shift) pairs in which music21 reads every note, chord and
     chord-symbol root and bass of the moved tune at exactly the shift from the tune's own, and how many carry chord
     symbols."""
-    pairs, exact, refused, missed = 0, 0, 0, []
+    pairs, exact, refused, chords, missed = 0, 0, 0, 0, []
     for index, tune in enumerate(tunes):
         original = music21_pitches(tune)
+        chords += any(kind == "root" for kind, _ in original)
         for semitones in shifts:
             pairs += 1
             moved, _ = transpose(tune, semitones)
@@ -286,7 +286,6 @@ def check_book(tunes: list[str], shifts: list[int]) -> dict:
                 exact += 1
             else:
                 missed.append([index, semitones])
-    chords = sum(any(kind == "root" for kind, _ in music21_pitches(tune)) for tune in tunes)
     return {"tunes": len(tunes), "with_chord_symbols": chords, "pairs": pairs, "exact": exact,
             "exact_share": round(exact / pairs, 4) if pairs else None, "refused": refused, "not_exact": missed[:20]}
 
@@ -301,10 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                      "reads moved exactly (notes, chords, chord-symbol roots and basses), e.g. --check -5 2 7")
     args = parser.parse_args(argv)
     if args.check:
-        try:
-            tunes = split_tunes(read_text(Path(args.file)))
-        except OSError as e:
-            print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
+        tunes = read_book(args.file)
+        if tunes is None:
             return 2
         print(json.dumps(check_book(tunes, args.check)))
         return 0

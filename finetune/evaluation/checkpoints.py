@@ -37,7 +37,7 @@ from ..model import context_length, has_tokenizer, is_model_dir, load_checkpoint
 from ..model_card import add_evaluation
 from ..packing import tokenize_and_pack
 from ..recipe import CliParser, read_data_args
-from ..run_dir import RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
+from ..run_dir import EVAL_FOLDER, RECIPE_FILE, complete_checkpoints, global_step, saved_recipe
 from .report import samples_folder
 from .results import MUSIC_COLUMNS, TUNE_KINDS, write_results
 from .token_metrics import TokenMetrics, load_metric, preprocess_logits_for_metrics
@@ -110,7 +110,7 @@ def data_from(path: str) -> tuple[DataArguments, str]:
         data_args, _ = read_run(path)
     else:
         data_args = read_data_args(where)
-    return data_args, f"eval-{where.resolve().stem}"
+    return data_args, f"{EVAL_FOLDER}-{where.resolve().stem}"
 
 
 def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.DatasetDict, list[str], list[str]]:
@@ -190,7 +190,7 @@ class Scorer:
 
 
 def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalCommand, sample_args: SampleArguments,
-                 data_args: DataArguments, resolved: dict, checker: str, folder: str = "eval") -> None:
+                 data_args: DataArguments, resolved: dict, checker: str, folder: str = EVAL_FOLDER) -> None:
     """Score `checkpoints` of the run, write RUN_DIR/`folder`/ and, for the run's own data (`eval`), the evaluation
     into the run's model card."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
@@ -271,7 +271,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
                            "tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
-    if folder == "eval":
+    if folder == EVAL_FOLDER:
         add_evaluation(run_dir, rows, reference, last_own_tune, settings)
     folders = ", ".join(samples_folder("N", kind) + "/" for kind in kinds)
     print(table, end="")

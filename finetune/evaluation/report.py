@@ -20,6 +20,7 @@ from ..abc.check import check_tunes
 from ..abc.measures import tune_flags
 from ..errors import UserError
 from ..loops import in_a_loop
+from ..run_dir import EVAL_FOLDER
 from .results import COLUMNS, MUSIC_COLUMNS, TUNE_KINDS, format_cell
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -120,7 +121,7 @@ def chosen_steps(rows: list[dict], steps: list[int] | None) -> list[int]:
     return sorted({known[0], known[-1]})
 
 
-def build_report(run_dir: str, steps: list[int] | None = None, folder: str = "eval") -> str:
+def build_report(run_dir: str, steps: list[int] | None = None, folder: str = EVAL_FOLDER) -> str:
     run, evaluation = Path(run_dir), Path(run_dir) / folder
     metrics_path = evaluation / "metrics.json"
     if not metrics_path.is_file():
@@ -185,7 +186,7 @@ checker {html.escape(settings["checker"])}; sampling: {html.escape(sampling)}.</
 """
 
 
-def write_report(run_dir: str, steps: list[int] | None = None, folder: str = "eval") -> Path:
+def write_report(run_dir: str, steps: list[int] | None = None, folder: str = EVAL_FOLDER) -> Path:
     """Write RUN_DIR/`folder`/report.html (atomically) and return its path."""
     text = build_report(run_dir, steps, folder)
     path = Path(run_dir) / folder / "report.html"
