@@ -126,8 +126,6 @@ def main(argv: list[str]) -> int:
     if model_args.merge_adapter and trainer.is_world_process_zero():
         merge_adapter(training_args.output_dir, os.path.join(training_args.output_dir, "merged"))
         print(f"Merged model saved to {training_args.output_dir}/merged", flush=True)
-    # stop the trackers and tear the process group down now: left to interpreter exit, a rank can abort in teardown
-    trainer.accelerator.end_training()
     return 0
 
 
