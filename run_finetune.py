@@ -14,6 +14,7 @@ import finetune
 
 finetune.quiet_bitsandbytes()  # before transformers imports bitsandbytes (see its docstring)
 
+import gc
 import os
 import sys
 
@@ -126,6 +127,14 @@ def main(argv: list[str]) -> int:
     if model_args.merge_adapter and trainer.is_world_process_zero():
         merge_adapter(training_args.output_dir, os.path.join(training_args.output_dir, "merged"))
         print(f"Merged model saved to {training_args.output_dir}/merged", flush=True)
+    if torch.distributed.is_initialized():
+        # End the process group while Python is alive: left to the interpreter's exit, gloo's worker threads can
+        # abort it. DDP's reducer holds the group, so it goes first, or the group's destructor waits on it.
+        trainer.accelerator.free_memory()
+        del trainer, model
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
