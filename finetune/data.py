@@ -40,10 +40,9 @@ BUILTIN_DIR = (
 SPLITS = ("train", "validation", "test")
 ABC_SUFFIXES = (".abc", ".txt")
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-# Worker processes cost ~1 s to start: below this many tunes one process is faster (the bundled corpus: 13k).
+# Worker processes are slow to start: below this many tunes one process is faster.
 PARALLEL_FROM_TUNES = 50_000
-# Moving a tune by one shift costs about 7 times tokenizing it (measured on one core of the AVX2 host), so each
-# shift counts as 7 tunes of work: in one process, the bundled training tunes moved 4 ways took 70 s on a GPU host.
+# Moving a tune by one shift costs about 7 times tokenizing it, so each shift counts as 7 tunes of work (docs/data.md).
 TRANSPOSE_WEIGHT = 7
 
 

@@ -281,10 +281,9 @@ def prompt_batches(lengths: list[int], args: SampleArguments, device: torch.devi
     """generate_tunes' batches of prompts (their indices) by token length, shortest first: `args.batch_size` at a
     time (padded), or of one length each (by length); `args.batching` "auto" pads on an accelerator.
 
-    On a GPU a step costs about the same for 1 row or 32, so fewer generate calls win (64 held-out prompts have
-    some 37 lengths). On a CPU every row costs compute until its batch's longest tune ends, and one tune in a loop
-    holds 31 finished rows to the budget: on the AVX2 host, the 64 own tunes of `music_abc_gpu.json`'s model took
-    12.3 minutes padded (another job shared the cores for 4 of them) against 3.3 by length.
+    On a GPU a step costs about the same for 1 row or 32, so fewer generate calls win (held-out prompts come in
+    many lengths). On a CPU every row costs compute until its batch's longest tune ends, and one tune in a loop
+    holds the batch's finished rows to the budget (docs/sampling.md).
     """
     size, order = args.batch_size, sorted(range(len(lengths)), key=lengths.__getitem__)
     if args.batching == "padded" or (args.batching == "auto" and device.type != "cpu"):
