@@ -6,6 +6,9 @@ each refusing one thing. A text is refused when it would:
 - break ABC syntax as the checker reads it (any new problem the reader records);
 - make the current bar longer than M: and L: allow (tuplets, broken rhythm and chords counted). A note whose
   length is still being written is judged by the shortest it could still become, so `c` may be followed by `/`;
+- end a section (`||`, `|]`, `:|`, `::`, or a `|:` or `[|` that opens the next) before it holds MIN_SECTION_BARS
+  bars; only the opening pickup may stand alone before `|:`. Real tunes' sections are phrases of four bars and
+  more, and a short section is where the meter's leave to close a bar short became a way out of every bar;
 - close a bar short, except where ABC practice writes one: the opening pickup; a bar closing a section
   (`:|`, `||`, `|]`, an ending) that with the section's pickup makes one bar, or else is completed exactly by
   the bar after it; a section's pickup that completes the bar before its section bar; the last bar of the tune;
@@ -78,6 +81,10 @@ EMPTY_LINE = regex.compile(r"\n[ \t]*\n")
 # Tunes align bars with runs of spaces: 2 to 4 are three in four of the training tunes' runs.
 MAX_SPACES = 4
 LONG_LAYOUT_RUN = regex.compile(rf"[ `]{{{MAX_SPACES + 1}}}")  # backquotes too: ABC's beam spacing, no music
+
+# Bar lines that end a section, and the fewest bars a section holds (counting its pickup) before one may close it.
+SECTION_EDGE = regex.compile(rf"{SECTION_START.pattern}|:\|")
+MIN_SECTION_BARS = 4
 
 # What a verdict says once a text is read: what the next bar must last to complete a bar split around a repeat
 # (None when nothing is owed), and the index of the first bar of the current section.
@@ -401,6 +408,8 @@ def bar_closes(bars, index: int, owed, opening: int):
     if index and SECTION_START.search(bar.before):  # as the checker's section_openings reads it (`:| |:`
         opening = index  # leaves an empty bar between the bar closed at `:|` and this one)
     next_opening = index + 1 if SECTION_START.search(bar.after) else opening
+    if index and SECTION_EDGE.search(bar.after) and index - opening + 1 < MIN_SECTION_BARS:
+        return None
     if bar.wanted is None:
         return None, next_opening
     if not bar.readable or bar.duration > (owed if owed is not None else bar.wanted):
