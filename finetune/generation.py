@@ -35,7 +35,7 @@ from transformers import (
 from .abc import header_length
 from .abc.check import analyse, run_abc2midi
 from .abc.constrain import MeterLogitsProcessor
-from .abc.measures import tune_flags
+from .abc.measures import MIN_TUNE_BARS, tune_flags, tune_music
 from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
@@ -93,9 +93,9 @@ class SampleArguments:
     best_of: int = field(
         default=1,
         metadata={"help": "Sample this many tunes per prompt and keep the best (best-of-n): one that ended before one "
-                  "cut off, then one the checker passes, then one with the fewest faults a listener hears (a bar "
-                  "looped, no return to the tonic, notes outside the key; finetune/abc/measures.py), then the "
-                  "fewest bars off the meter. Costs n times the sampling."},
+                  "cut off, then a whole tune before a fragment of a few bars, then one the checker passes, then one "
+                  "with the fewest faults a listener hears (a bar looped, no return to the tonic, notes outside the "
+                  "key; finetune/abc/measures.py), then the fewest bars off the meter. Costs n times the sampling."},
     )
     constrain: Literal["meter", "none"] = field(
         default="meter",
@@ -257,10 +257,12 @@ def generate_tunes(
 
 
 def rerank_key(sample: Sample) -> tuple:
-    """How best-of-n ranks a prompt's candidates (the highest wins; ties go to the earliest): ended, then passed by
-    the checker, then the fewest faults a listener hears, then the fewest bars off the meter."""
-    report = analyse(sample.text)
-    return sample.ended, report.valid, -len(tune_flags(sample.text)), -report.bars_off
+    """How best-of-n ranks a prompt's candidates (the highest wins; ties go to the earliest): ended, then a tune
+    rather than a fragment, then passed by the checker, then the fewest faults a listener hears, then the fewest
+    bars off the meter. Length comes before the checker, which short tunes pass more often: ranked by validity
+    first, best-of-n picks fragments."""
+    report, bars = analyse(sample.text), len(tune_music(sample.text).bars)
+    return sample.ended, bars >= MIN_TUNE_BARS, report.valid, -len(tune_flags(sample.text)), -report.bars_off
 
 
 def token_budget(args: SampleArguments, context: int, prompt_tokens: int) -> int:

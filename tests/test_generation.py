@@ -240,7 +240,7 @@ def test_abc2midi_writes_the_midi_of_tunes_music21_cannot_expand(tmp_path):
 
 def test_best_of_keeps_each_prompts_best_candidate_by_the_rerank():
     """best_of n samples every prompt n times and keeps, per prompt, the candidate the rerank puts first (ended,
-    valid, fewest faults, fewest bars off), the earliest of equals; a count below 1 is refused."""
+    a whole tune, valid, fewest faults, fewest bars off), the earliest of equals; a count below 1 is refused."""
     from finetune.errors import UserError
     from finetune.generation import rerank_key
 
@@ -258,3 +258,19 @@ def test_best_of_keeps_each_prompts_best_candidate_by_the_rerank():
     assert len({rerank_key(s) for s in candidates}) > 1  # the rerank had something to choose between
     with pytest.raises(UserError, match="best_of must be at least 1, not 0"):
         SampleArguments(best_of=0)
+
+
+def test_the_rerank_prefers_a_whole_tune_to_a_fragment_the_checker_passes():
+    """Ranked by the checker first, best-of-n picked fragments: short tunes pass it more often."""
+    from finetune.abc.check import analyse
+    from finetune.generation import Sample, rerank_key
+
+    header = "M:4/4\nL:1/4\nK:D\n"
+    fragment = header + "D F A d|d A F D|]\n"
+    tune = header + "D F A d|c e A2|" * 3 + "d c B A|d A F D|]\n"
+    off_meter = header + "D F A d e|c e A2 B|" * 4 + "|]\n"
+    assert analyse(fragment).valid and analyse(tune).valid and not analyse(off_meter).valid
+    def key(text, ended=True):
+        return rerank_key(Sample(prompt=header, text=text, ended=ended, new_tokens=len(text)))
+    assert key(tune) > key(fragment) and key(off_meter) > key(fragment)
+    assert key(tune) > key(off_meter) and key(fragment) > key(tune, ended=False)

@@ -48,6 +48,7 @@ LENGTH_BINS = tuple(Fraction(n, d) for n, d in ((1, 32), (1, 16), (3, 32), (1, 8
 INTERVAL_SPAN = 12  # intervals beyond an octave count in the outermost bins
 ONSET_BINS = 16  # positions of a note's start in its bar
 REPEATED_BARS = 3  # bars in a row that count as a looped figure
+MIN_TUNE_BARS = 8  # two four-bar phrases: a tune of fewer bars is a fragment (real tunes seldom are)
 KDE_POINTS = 1000
 FEATURES = ("pitch_class", "interval", "note_length", "pitch_range", "onset")
 HISTOGRAMS = ("pitch_class", "interval", "note_length", "onset")  # the features that are histograms, for plots
@@ -198,10 +199,10 @@ def tonality(music: TuneMusic) -> dict:
 
 
 def tune_flags(text: str) -> list[str]:
-    """What a listener would hear wrong with one tune, for the report: a looped figure, no return to the tonic, notes
-    outside the key."""
+    """What a listener would hear wrong with one tune, for the report: a fragment instead of a tune, a looped figure,
+    no return to the tonic, notes outside the key."""
     music = tune_music(text)
-    flags = []
+    flags = [f"only {len(music.bars)} bars"] if len(music.bars) < MIN_TUNE_BARS else []
     run = longest_run(music.bars)
     if run >= REPEATED_BARS:
         flags.append(f"one bar played {run} times in a row")

@@ -105,13 +105,16 @@ def test_real_tunes_score_high_and_each_garbage_fails_the_measure_meant_to_catch
 
 
 def test_a_looped_figure_and_a_wandering_ending_are_flagged():
-    """The report's flags: one figure for lines, no return to the tonic, notes outside the key; a real tune has none."""
+    """The report's flags: a fragment, one figure for lines, no return to the tonic, notes outside the key; a real
+    tune has none."""
     looped = "M:6/8\nL:1/8\nK:G\n" + "GBd gdB|" * 8 + "\n"
     assert any("one bar played 8 times" in flag for flag in tune_flags(looped))
-    wandering = "M:4/4\nL:1/4\nK:D\nD F A d|=c =f _B =g|\n"
+    wandering = "M:4/4\nL:1/4\nK:D\n" + "D F A d|c e A2|" * 3 + "D F A d|=c =f _B =g|\n"
     flags = tune_flags(wandering)
     assert "does not end on the tonic of K:" in flags and any("outside the key" in flag for flag in flags)
-    assert tune_flags("M:4/4\nL:1/4\nK:D\nD F A d|c e A2|d A F D|\n") == []
+    tune = "M:4/4\nL:1/4\nK:D\n" + "D F A d|c e A2|" * 3 + "d c B A|d A F D|\n"
+    assert tune_flags(tune) == []
+    assert tune_flags(tune.replace("D F A d|c e A2|" * 3, "")) == ["only 2 bars"]
 
 
 def test_the_command_prints_one_json_object_and_refuses_bad_input_in_one_line(tmp_path, corpus):
