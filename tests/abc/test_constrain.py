@@ -29,6 +29,7 @@ def allowed_after(text: str, max_new_tokens: int = 100) -> set[str]:
 
 
 HEADER = "M:6/8\nL:1/8\nK:D\n"
+SECTION = HEADER + "A|d2d dcd|d2d dcd|d2d dcd|"  # a pickup and three bars: enough for a section to end
 
 
 def test_a_full_bar_must_close_and_an_overlong_note_is_refused():
@@ -42,15 +43,15 @@ def test_a_full_bar_must_close_and_an_overlong_note_is_refused():
 
 def test_a_short_bar_closes_only_as_a_pickup_or_around_a_repeat():
     assert "|" in allowed_after(HEADER + "A")  # the opening pickup
-    short = allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 ")
+    short = allowed_after(SECTION + "d3 ")
     assert ":|" in short  # a repeat may split a bar, and the next bar completes it
-    assert not {"a", " "} & allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 |")  # `|` must grow into `||`, `|]` or `|:`
-    assert allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 :|") >= {"d", "e"}  # the split bar's other half
-    assert "|" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 :|d2")  # ... lasts exactly 3
+    assert not {"a", " "} & allowed_after(SECTION + "d3 |")  # `|` must grow into `||`, `|]` or `|:`
+    assert allowed_after(SECTION + "d3 :|") >= {"d", "e"}  # the split bar's other half
+    assert "|" not in allowed_after(SECTION + "d3 :|d2")  # ... lasts exactly 3
     # a section's own pickup, after a last bar that balanced the tune's: the two make one bar across `:|`
-    assert "d" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2:|\nd|")
-    assert "d" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2:|\nd2|")
-    assert "1" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|[")  # `|[1`, as tunes write a variant ending too
+    assert "d" in allowed_after(SECTION + "d3 d2:|\nd|")
+    assert "d" not in allowed_after(SECTION + "d3 d2:|\nd2|")
+    assert "1" in allowed_after(SECTION + "[")  # `|[1`, as tunes write a variant ending too
     # a section opens at `|:` even with an empty bar before it: its last bar balances its own pickup
     from finetune.abc.reader import Reader
 
@@ -72,25 +73,25 @@ def test_a_section_ends_only_once_it_holds_four_bars():
         assert set(edges) <= allowed_after(HEADER + four), four
     assert "|:" in allowed_after(HEADER + "A")  # the pickup before the first repeat
     # a new section counts its bars afresh
-    second = HEADER + "A|d2d dcd|d2d dcd|d2d dcd||d2d dcd"
+    second = SECTION + "|d2d dcd"
     assert "||" not in allowed_after(second) and "||" in allowed_after(second + "|d2d dcd|d2d dcd|d2d dcd")
 
 
 def test_the_prompted_meter_and_key_cannot_change_and_no_comment_or_field_line_starts():
-    assert "%" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|\n")
-    assert ":" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|\nM")  # `M` may be a decoration, never `M:` a field line
-    inline = allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|[")
+    assert "%" not in allowed_after(SECTION + "\n")
+    assert ":" not in allowed_after(SECTION + "\nM")  # `M` may be a decoration, never `M:` a field line
+    inline = allowed_after(SECTION + "[")
     assert "M" not in inline and "K" not in inline and "L" not in inline and "c" in inline
 
 
 def test_the_tune_ends_with_nothing_open_and_its_last_bar_as_the_checker_reads_it():
-    assert "</s>" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2|]")
+    assert "</s>" in allowed_after(SECTION + "d3 d2|]")
     # the end closes the last bar, as Essen tunes end (`E4z2` and a line break); a short one balances the pickup
-    assert "</s>" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2") and "</s>" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2\n")
-    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|[df")  # a chord left open
-    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|(d3 d2")  # a slur left open
-    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2-")  # a tie waiting for its note
-    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 :|d")  # the other half of a bar split at `:|`, short
+    assert "</s>" in allowed_after(SECTION + "d3 d2") and "</s>" in allowed_after(SECTION + "d3 d2\n")
+    assert "</s>" not in allowed_after(SECTION + "[df")  # a chord left open
+    assert "</s>" not in allowed_after(SECTION + "(d3 d2")  # a slur left open
+    assert "</s>" not in allowed_after(SECTION + "d3 d2-")  # a tie waiting for its note
+    assert "</s>" not in allowed_after(SECTION + "d3 :|d")  # the other half of a bar split at `:|`, short
 
 
 def test_a_note_is_not_shortened_past_what_can_still_close_the_bar():
@@ -118,7 +119,7 @@ def test_what_abc2midi_refuses_is_not_written():
     assert "</s>" in allowed_after(HEADER + "|:A|d2d dcd|d2d dcd|d2d dcd:|2d3 d3|]")
     assert "-" not in allowed_after(HEADER + "A|d2d .d2") and "-" in allowed_after(HEADER + "A|d2d d2")  # no tied staccato
     assert "3" not in allowed_after(HEADER + "A|(3de (") and "3" in allowed_after(HEADER + "A|(3def (")  # nested tuplets
-    assert "</s>" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|:") and "</s>" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|]")
+    assert "</s>" not in allowed_after(SECTION + ":") and "</s>" in allowed_after(SECTION + "]")
     assert "::" not in allowed_after(HEADER + "|:A|d2d dcd|d2d dcd|d2d dcd||")  # a token completing `||::`, which abc2midi reads apart
     # octave marks by case: `e,` and `E'` are refused
     assert "," not in allowed_after(HEADER + "A|d2d dce") and "'" not in allowed_after(HEADER + "A|d2d dcE")
@@ -129,7 +130,7 @@ def test_a_tune_with_chord_symbols_stops_on_a_beat_of_its_accompaniment():
     ("Sustained notes beyond end of track")."""
     assert "</s>" not in allowed_after(HEADER + '"D"A|d2d dcd|d2d dcd|d2d dcd|d/|]')  # a sixteenth into the last bar
     assert "</s>" in allowed_after(HEADER + '"D"A|d2d dcd|d2d dcd|d2d dcd|d2|]')  # a quarter
-    assert "</s>" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d/|]")  # no chord symbol: no accompaniment
+    assert "</s>" in allowed_after(SECTION + "d/|]")  # no chord symbol: no accompaniment
     assert "</s>" in allowed_after(HEADER + '"^fine"A|d2d dcd|d2d dcd|d2d dcd|d/|]')  # an annotation is no chord
 
 
@@ -159,7 +160,7 @@ def test_where_the_reader_lets_an_accompanied_tune_stop_abc2midi_holds_no_chord_
 
 def test_the_rest_of_a_split_bar_follows_its_repeat_at_once():
     """The checker pairs a short bar with the one right after its repeat mark; an empty bar between would part them."""
-    after_repeat = allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 |:")
+    after_repeat = allowed_after(SECTION + "d3 |:")
     assert "|" not in after_repeat and "d" in after_repeat
 
 
@@ -172,21 +173,21 @@ def test_no_empty_line_and_no_long_run_of_spaces():
     """An empty line ends a tune in ABC; a long run of spaces is how a model fills a bar it may not close, while
     tunes align bars with a few."""
     assert "\n" not in allowed_after(HEADER)  # the body's first line
-    assert "\n" not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|\n ")
-    assert "\n" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|")
+    assert "\n" not in allowed_after(SECTION + "\n ")
+    assert "\n" in allowed_after(SECTION)
     assert " " in allowed_after(HEADER + "A|d2d" + " " * (MAX_SPACES - 1))
     assert " " not in allowed_after(HEADER + "A|d2d" + " " * MAX_SPACES)
-    assert " " not in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|\n" + " " * MAX_SPACES)
+    assert " " not in allowed_after(SECTION + "\n" + " " * MAX_SPACES)
     assert "`" not in allowed_after(HEADER + "A|d2d" + " `" * (MAX_SPACES // 2))  # backquotes: spacing too
     assert "`" in allowed_after(HEADER + "A|d2d" + "`" * (MAX_SPACES - 1))
 
 
 def test_no_bar_without_music():
     """Blank bars (`| |`) are blank staves in tune books, and bars a sampler could write without music."""
-    assert "|:" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd| ")
-    blank = allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd| |")  # only a repeat or an ending may follow
+    assert "|:" in allowed_after(SECTION + " ")
+    blank = allowed_after(SECTION + " |")  # only a repeat or an ending may follow
     assert ":" in blank and "1" in blank and not {" ", "|", "d", "]"} & blank
-    assert "|" in allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|\n")  # a line may open with the bar line that closed the last
+    assert "|" in allowed_after(SECTION + "\n")  # a line may open with the bar line that closed the last
 
 
 def test_a_space_follows_a_bar_line_that_may_close_there():
@@ -251,7 +252,7 @@ def test_real_tunes_that_keep_the_meter_pass_token_by_token(corpus, merges):
 
 
 def test_near_the_budget_only_the_ending_is_kept():
-    assert allowed_after(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2|]", max_new_tokens=3) == {"</s>"}
+    assert allowed_after(SECTION + "d3 d2|]", max_new_tokens=3) == {"</s>"}
     assert allowed_after(HEADER + "A|d2d dc |", max_new_tokens=10) == {"</s>"}  # a short last bar
     # ... but not while a slur is open: more would follow the short bar, and it would lie inside the tune
     assert allowed_after(HEADER + "(A|d2d dc |", max_new_tokens=10) == {")"}
@@ -265,7 +266,7 @@ def test_where_an_earlier_processor_masked_all_the_meter_allows_the_meter_still_
     processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=3, keep=len(TOKENIZER))
     scores = torch.zeros(2, len(TOKENIZER))
     scores[0, TOKENIZER.eos_token_id] = float("-inf")
-    ids = torch.tensor([TOKENIZER(HEADER + "A|d2d dcd|d2d dcd|d2d dcd|d3 d2|]")["input_ids"]] * 2)
+    ids = torch.tensor([TOKENIZER(SECTION + "d3 d2|]")["input_ids"]] * 2)
     kept = processor(ids, scores)
     assert torch.isfinite(kept).nonzero().tolist() == [[0, TOKENIZER.eos_token_id], [1, TOKENIZER.eos_token_id]]
 
