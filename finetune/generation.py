@@ -35,7 +35,7 @@ from transformers import (
 from .abc import header_length
 from .abc.check import analyse, run_abc2midi
 from .abc.constrain import MeterLogitsProcessor
-from .abc.measures import MIN_TUNE_BARS, tune_flags, tune_music
+from .abc.measures import fragment, music_flags, tune_music
 from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
@@ -261,8 +261,8 @@ def rerank_key(sample: Sample) -> tuple:
     rather than a fragment, then passed by the checker, then the fewest faults a listener hears, then the fewest
     bars off the meter. Length comes before the checker, which short tunes pass more often: ranked by validity
     first, best-of-n picks fragments."""
-    report, bars = analyse(sample.text), len(tune_music(sample.text).bars)
-    return sample.ended, bars >= MIN_TUNE_BARS, report.valid, -len(tune_flags(sample.text)), -report.bars_off
+    report, music = analyse(sample.text), tune_music(sample.text)
+    return sample.ended, not fragment(music), report.valid, -len(music_flags(music)), -report.bars_off
 
 
 def token_budget(args: SampleArguments, context: int, prompt_tokens: int) -> int:

@@ -198,11 +198,20 @@ def tonality(music: TuneMusic) -> dict:
     return {"tonic_ending": float(music.pitches[-1] % 12 == music.tonic), "out_of_key": outside / len(music.pitches)}
 
 
+def fragment(music: TuneMusic) -> bool:
+    """Fewer bars than a tune holds (MIN_TUNE_BARS)."""
+    return len(music.bars) < MIN_TUNE_BARS
+
+
 def tune_flags(text: str) -> list[str]:
-    """What a listener would hear wrong with one tune, for the report: a fragment instead of a tune, a looped figure,
-    no return to the tonic, notes outside the key."""
-    music = tune_music(text)
-    flags = [f"only {len(music.bars)} bars"] if len(music.bars) < MIN_TUNE_BARS else []
+    """What a listener would hear wrong with one tune, for the report (see music_flags)."""
+    return music_flags(tune_music(text))
+
+
+def music_flags(music: TuneMusic) -> list[str]:
+    """What a listener would hear wrong with a tune already read: a fragment instead of a tune, a looped figure, no
+    return to the tonic, notes outside the key."""
+    flags = [f"only {len(music.bars)} bars"] if fragment(music) else []
     run = longest_run(music.bars)
     if run >= REPEATED_BARS:
         flags.append(f"one bar played {run} times in a row")
