@@ -83,3 +83,31 @@ def test_cpu_recipe_sweep_trains_evaluates_and_tabulates_a_variant(tmp_path):
     # bars are NaN where a 2-step model's tunes hold none
     assert all(math.isnan(row[key]) or 0 <= row[key] <= 1 for key in ("own_bars", "constrained_bars"))
     assert "| balance_meters 150 | 2 |" in results.with_suffix(".md").read_text()
+
+
+def test_best_of_benchmark_ranks_one_sampling_for_each_n(tmp_path):
+    """benchmarks/best_of.py: one sampling of 2 candidates per prompt gives best of 1 and of 2, own and
+    constrained, beside the real tunes; a whole tune ranks first, so best of 2 cuts off no more than best of 1."""
+    run = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "run_finetune.py", str(TINY_RECIPE), "--max_steps", "2", "--bf16", "false",
+         "--optim", "adamw_torch", "--output_dir", str(run)],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    results = tmp_path / "best-of"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/best_of.py", str(run), "--split", "validation", "--num_samples", "3",
+         "--best_of", "2", "--results", str(results)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(results.with_suffix(".json").read_text())
+    rows = report["rows"]
+    assert [(row["tunes"], row["best_of"]) for row in rows] == [
+        ("own", 1), ("own", 2), ("constrained", 1), ("constrained", 2), ("real", "")
+    ]
+    assert report["step"] == 2 and report["prompts"] == 3
+    for one, two in (rows[0:2], rows[2:4]):
+        assert two["truncation"] <= one["truncation"] and two["seconds"] >= one["seconds"]
+        assert 0 <= two["validity"] <= 1 and 0 <= two["overlapped_area"] <= 1
+    assert "| constrained | 2 |" in results.with_suffix(".md").read_text()

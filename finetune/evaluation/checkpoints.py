@@ -123,6 +123,45 @@ def held_out_tunes(data_args: DataArguments, split: str) -> tuple[datasets.Datas
     return datasets.DatasetDict({split: tunes[split]}), tunes["train"]["text"], tunes[other]["text"] if other in tunes else []
 
 
+@dataclass(frozen=True)
+class EvaluationTunes:
+    """The real tunes an evaluation samples from and scores against (see evaluation_tunes)."""
+
+    held_out: datasets.DatasetDict  # the split, cleaned as training cleaned it
+    training: list[str]  # the training tunes' texts (the copy share's index)
+    real: list[str]  # the held-out tunes whose headers are the prompts
+    prompts: list[str]
+    music_reference: list[str]  # the tunes every set is measured against
+    ceiling: list[str]  # real tunes measured against the reference as every generated set is
+    ceiling_split: str
+
+
+def evaluation_tunes(data_args: DataArguments, split: str, sample_args: SampleArguments) -> EvaluationTunes:
+    """`sample_args.num_samples` tunes of `split` drawn with its seed, and their headers as prompts. The musical
+    measures' reference: the split's other tunes; their ceiling: as many of the other split's (the prompts' own tunes
+    where there is no other split) against the same reference."""
+    held_out, training, other_split = held_out_tunes(data_args, split)
+    texts = held_out[split]["text"]
+    rng = random.Random(sample_args.seed)
+    chosen = rng.sample(range(len(texts)), min(sample_args.num_samples, len(texts)))
+    real = [texts[i] for i in chosen]
+    fields = prompt_fields(data_args.keep_fields)
+    rest = [texts[i] for i in sorted(set(range(len(texts))) - set(chosen))] or real
+    music_reference = rng.sample(rest, min(MUSIC_REFERENCE_TUNES, len(rest)))
+    ceiling = rng.sample(other_split, min(len(real), len(other_split))) if other_split else real
+    return EvaluationTunes(held_out, training, real, [prompt_from_tune(tune, fields) for tune in real], music_reference,
+                           ceiling, OTHER_SPLIT[split] if other_split else split)
+
+
+def tune_kinds(sample_args: SampleArguments) -> dict[str, SampleArguments]:
+    """The kinds of tunes an evaluation samples (TUNE_KINDS): always the model's own, with nothing masked (what it
+    learnt); constrained ones too where `sample_args.constrain` asks for them."""
+    kinds = {"own": replace(sample_args, constrain="none", max_repeats=0)}
+    if sample_args.constrain == "meter":
+        kinds["constrained"] = sample_args
+    return kinds
+
+
 def token_numbers(model, rows: datasets.Dataset, batch_size: int, token_metrics: TokenMetrics, scratch: str,
                   bf16: bool | None = None) -> dict:
     """Loss, bits per character and accuracy over packed held-out rows (`Trainer.evaluate`, each tune attending to
@@ -194,29 +233,18 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     """Score `checkpoints` of the run, write RUN_DIR/`folder`/ and, for the run's own data (`eval`), the evaluation
     into the run's model card."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
-    held_out, training_tunes, other_split = held_out_tunes(data_args, command.split)
-    texts = held_out[command.split]["text"]
-    rng = random.Random(sample_args.seed)
-    chosen = rng.sample(range(len(texts)), min(sample_args.num_samples, len(texts)))
-    real = [texts[i] for i in chosen]
-    fields = prompt_fields(data_args.keep_fields)
-    prompts = [prompt_from_tune(tune, fields) for tune in real]
-    # The musical measures' reference: the split's other tunes; their ceiling: as many of the other split's
-    # (the prompts' own tunes where there is no other split) against the same reference.
-    rest = [texts[i] for i in sorted(set(range(len(texts))) - set(chosen))] or real
-    music_reference = rng.sample(rest, min(MUSIC_REFERENCE_TUNES, len(rest)))
-    ceiling = rng.sample(other_split, min(len(real), len(other_split))) if other_split else real
-    score = Scorer(training_tunes, music_reference)
+    tunes = evaluation_tunes(data_args, command.split, sample_args)
+    held_out, real, prompts = tunes.held_out, tunes.real, tunes.prompts
+    score = Scorer(tunes.training, tunes.music_reference)
     real_checks = check_tunes(real, checker)
-    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts), **score.music(ceiling)}
+    reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts),
+                 **score.music(tunes.ceiling)}
     tokenizer = None
     out = Path(run_dir) / folder
     out.mkdir(exist_ok=True)
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
     write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
-    kinds = {"own": replace(sample_args, constrain="none", max_repeats=0)}  # nothing masked: what the model learnt
-    if sample_args.constrain == "meter":
-        kinds["constrained"] = sample_args
+    kinds = tune_kinds(sample_args)
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
     rows, last_own_tune = [], None
@@ -261,14 +289,13 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
         "run_dir": run_dir,
         "split": command.split,
         "checker": checker,
-        "prompt_fields": fields,
+        "prompt_fields": prompt_fields(data_args.keep_fields),
         "prompts": len(prompts),
         "sampling": asdict(sample_args),
         "tunes": {kind: TUNE_KINDS[kind] for kind in kinds},
         "reference": f"the {len(real)} {command.split} tunes whose headers are the prompts",
-        "music_reference": f"{len(music_reference)} other {command.split} tunes; the real row's musical measures are "
-                           f"those of {len(ceiling)} {OTHER_SPLIT[command.split] if other_split else command.split} "
-                           "tunes against them (the ceiling)",
+        "music_reference": f"{len(tunes.music_reference)} other {command.split} tunes; the real row's musical measures "
+                           f"are those of {len(tunes.ceiling)} {tunes.ceiling_split} tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
     if folder == EVAL_FOLDER:
