@@ -233,12 +233,12 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     """Score `checkpoints` of the run, write RUN_DIR/`folder`/ and, for the run's own data (`eval`), the evaluation
     into the run's model card."""
     ########## data, prompts and the reference row (real tunes), once for all checkpoints
-    tunes = evaluation_tunes(data_args, command.split, sample_args)
-    held_out, real, prompts = tunes.held_out, tunes.real, tunes.prompts
-    score = Scorer(tunes.training, tunes.music_reference)
+    drawn = evaluation_tunes(data_args, command.split, sample_args)
+    held_out, real, prompts = drawn.held_out, drawn.real, drawn.prompts
+    score = Scorer(drawn.training, drawn.music_reference)
     real_checks = check_tunes(real, checker)
     reference = {"checkpoint": "real tunes", "tunes": "real", **score(real, real_checks, prompts),
-                 **score.music(tunes.ceiling)}
+                 **score.music(drawn.ceiling)}
     tokenizer = None
     out = Path(run_dir) / folder
     out.mkdir(exist_ok=True)
@@ -294,8 +294,8 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
         "sampling": asdict(sample_args),
         "tunes": {kind: TUNE_KINDS[kind] for kind in kinds},
         "reference": f"the {len(real)} {command.split} tunes whose headers are the prompts",
-        "music_reference": f"{len(tunes.music_reference)} other {command.split} tunes; the real row's musical measures "
-                           f"are those of {len(tunes.ceiling)} {tunes.ceiling_split} tunes against them (the ceiling)",
+        "music_reference": f"{len(drawn.music_reference)} other {command.split} tunes; the real row's musical measures "
+                           f"are those of {len(drawn.ceiling)} {drawn.ceiling_split} tunes against them (the ceiling)",
     }
     table = write_results(out, rows, reference, settings)
     if folder == EVAL_FOLDER:
