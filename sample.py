@@ -22,7 +22,8 @@ from accelerate import PartialState
 
 from finetune.abc.check import check_tunes
 from finetune.args import SAMPLING_DEFAULTS, sampling_text
-from finetune.errors import run_command
+from finetune.errors import UserError, run_command
+from finetune.evaluation.checkpoints import training_typicality
 from finetune.generation import SampleArguments, generate_tunes, parse_prompt, write_samples
 from finetune.model import load_checkpoint
 from finetune.recipe import CliParser
@@ -44,7 +45,13 @@ def main(argv: list[str]) -> int:
     model, tokenizer = load_checkpoint(rest.checkpoint)
     model.to(PartialState().device)  # the GPU where there is one (accelerate's choice of device, as Trainer's)
     prompts = [parse_prompt(command.prompt)] * sample_args.num_samples
-    samples = generate_tunes(model, tokenizer, prompts, sample_args)
+    typical = None  # best of n also ranks by nearness to the run's training tunes, where they can be read
+    if sample_args.best_of > 1 and recipe:
+        try:
+            typical = training_typicality(recipe)
+        except UserError as e:
+            print(f"note: best of {sample_args.best_of} ranks without nearness to the training tunes: {e}", file=sys.stderr)
+    samples = generate_tunes(model, tokenizer, prompts, sample_args, typical)
     out = Path(command.out) if command.out else Path(rest.checkpoint) / "samples"
     checks = check_tunes([s.text for s in samples])
     records = write_samples(samples, out, label=Path(rest.checkpoint).name, checks=checks)

@@ -5,7 +5,7 @@
 Every prompt (the headers of held-out tunes, drawn as evaluate_checkpoints.py draws them) is sampled `--best_of`
 times, own and constrained, in one generate_tunes call over each prompt repeated, as best of n samples its
 candidates. For n = 1, 2, 4, ... up to `--best_of`, each prompt keeps the best of its first n candidates by
-generation.rerank_key, and the kept tunes are scored as evaluate_checkpoints.py scores a checkpoint's tunes: the
+generation.rerank_key (with the training tunes' Typicality, as evaluate_checkpoints.py ranks), and the kept tunes are scored as evaluate_checkpoints.py scores a checkpoint's tunes: the
 checker, then the musical measures against the same held-out real tunes, beside the real tunes' own row. Best of n
 costs n times the sampling of one tune per prompt; the time column is that share of the measured sampling.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from tunebook import cpu_name
 
 from finetune.abc.check import check_tunes, resolve_checker, summarize
+from finetune.abc.measures import Typicality
 from finetune.evaluation.checkpoints import Scorer, evaluation_tunes, find_checkpoints, read_run, tune_kinds
 from finetune.generation import SampleArguments, generate_tunes, rerank_key
 from finetune.model import load_checkpoint
@@ -70,6 +71,7 @@ def main() -> None:
     sample_args = SampleArguments(num_samples=args.num_samples, seed=args.seed).settled(resolved.get("sampling"))
     tunes = evaluation_tunes(data_args, args.split, sample_args)
     score, checker = Scorer(tunes.training, tunes.music_reference), resolve_checker("auto")
+    typical = Typicality(tunes.training)
     model, tokenizer = load_checkpoint(checkpoint.path)
     counts = sorted({*(2**i for i in range(args.best_of.bit_length()) if 2**i <= args.best_of), args.best_of})
 
@@ -85,12 +87,12 @@ def main() -> None:
         seconds = time.perf_counter() - start
         checks = check_tunes([c.text for c in candidates], checker)
         tokens = sum(c.new_tokens for c in candidates)
-        saved += [json.dumps({"tunes": kind, "prompt": i // args.best_of, **asdict(c)}) + "\n"
+        saved += [json.dumps({"tunes": kind, "prompt_index": i // args.best_of, **asdict(c)}) + "\n"
                   for i, c in enumerate(candidates)]
         print(f"{kind}: {len(candidates)} candidates in {seconds:.0f} s, {tokens / seconds:.0f} new tokens/s", flush=True)
         for n in counts:
             groups = [range(i, i + n) for i in range(0, len(candidates), args.best_of)]
-            kept = [max(group, key=lambda j: rerank_key(candidates[j])) for group in groups]
+            kept = [max(group, key=lambda j: rerank_key(candidates[j], typical)) for group in groups]
             rows.append(scored(score, kind, n, seconds * n / args.best_of, [candidates[j] for j in kept],
                                [checks[j] for j in kept]))
     rows.append(reference)

@@ -35,7 +35,7 @@ from transformers import (
 from .abc import header_length
 from .abc.check import analyse, run_abc2midi
 from .abc.constrain import MeterLogitsProcessor
-from .abc.measures import fragment, music_flags, tune_music
+from .abc.measures import Typicality, fragment, music_flags, tune_music
 from .args import SAMPLING_DEFAULTS
 from .data import quiet_logger
 from .errors import UserError
@@ -95,7 +95,8 @@ class SampleArguments:
         metadata={"help": "Sample this many tunes per prompt and keep the best (best-of-n): one that ended before one "
                   "cut off, then a whole tune before a fragment of a few bars, then one the checker passes, then one "
                   "with the fewest faults a listener hears (a bar looped, no return to the tonic, notes outside the "
-                  "key; finetune/abc/measures.py), then the fewest bars off the meter. Costs n times the sampling."},
+                  "key; finetune/abc/measures.py), then the nearest to the run's training tunes in pitch, interval, "
+                  "length, range and onset, then the fewest bars off the meter. Costs n times the sampling."},
     )
     constrain: Literal["meter", "none"] = field(
         default="meter",
@@ -193,17 +194,20 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 @torch.inference_mode()
 def generate_tunes(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], args: SampleArguments
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], args: SampleArguments,
+    typical: Typicality | None = None,
 ) -> list[Sample]:
     """One sample per prompt, in order, with the KV cache on (generate's default); the seed makes the whole call
     repeatable on one kind of device. Batches follow `args.batching` (see prompt_batches); each row has its own
     budget, the rest of the context after its prompt or `max_new_tokens`, whichever prompts share its batch.
-    Sampling settings still unset (see `SampleArguments.settled`) are SAMPLING_DEFAULTS."""
+    Sampling settings still unset (see `SampleArguments.settled`) are SAMPLING_DEFAULTS. Best of n ranks each
+    prompt's candidates by rerank_key, with `typical` (the training tunes' Typicality) where it is given."""
     args = args.settled()
     if args.best_of > 1:  # every prompt n times, then each prompt's best candidate
         candidates = generate_tunes(model, tokenizer, [p for p in prompts for _ in range(args.best_of)],
                                     replace(args, best_of=1))
-        return [max(candidates[i : i + args.best_of], key=rerank_key) for i in range(0, len(candidates), args.best_of)]
+        return [max(candidates[i : i + args.best_of], key=lambda sample: rerank_key(sample, typical))
+                for i in range(0, len(candidates), args.best_of)]
     set_seed(args.seed)
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
     context = context_length(model.config)
@@ -256,13 +260,15 @@ def generate_tunes(
     return results
 
 
-def rerank_key(sample: Sample) -> tuple:
+def rerank_key(sample: Sample, typical: Typicality | None = None) -> tuple:
     """How best-of-n ranks a prompt's candidates (the highest wins; ties go to the earliest): ended, then a tune
-    rather than a fragment, then passed by the checker, then the fewest faults a listener hears, then the fewest
-    bars off the meter. Length comes before the checker, which short tunes pass more often: ranked by validity
-    first, best-of-n picks fragments."""
+    rather than a fragment, then passed by the checker, then the fewest faults a listener hears, then, given
+    `typical`, the nearest to real tunes in pitch, interval, length, range and onset, then the fewest bars off the
+    meter. Length comes before the checker, which short tunes pass more often: ranked by validity first, best-of-n
+    picks fragments."""
     report, music = analyse(sample.text), tune_music(sample.text)
-    return sample.ended, not fragment(music), report.valid, -len(music_flags(music)), -report.bars_off
+    nearness = -typical.distance(music) if typical else 0.0
+    return sample.ended, not fragment(music), report.valid, -len(music_flags(music)), nearness, -report.bars_off
 
 
 def token_budget(args: SampleArguments, context: int, prompt_tokens: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ LENGTH_BINS = tuple(Fraction(n, d) for n, d in ((1, 32), (1, 16), (3, 32), (1, 8
 INTERVAL_SPAN = 12  # intervals beyond an octave count in the outermost bins
 ONSET_BINS = 16  # positions of a note's start in its bar
 REPEATED_BARS = 3  # bars in a row that count as a looped figure
+TYPICAL_TUNES = 500  # real tunes Typicality sets a candidate against
 MIN_TUNE_BARS = 8  # two four-bar phrases: a tune of fewer bars is a fragment (real tunes seldom are)
 KDE_POINTS = 1000
 FEATURES = ("pitch_class", "interval", "note_length", "pitch_range", "onset")
@@ -269,6 +271,26 @@ def set_measures(tunes: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
     found = [f for f in map(features, musics) if f is not None]
     matrices = {name: np.stack([f[name] for f in found]) for name in FEATURES} if found else {}
     return summary, matrices
+
+
+class Typicality:
+    """How far one tune lies from real tunes in the distribution features, for best-of-n to prefer the typical
+    candidate: per feature, the tune's mean distance to each real tune (mgeval's inter-set distance) over the real
+    tunes' mean distance to each other; then the mean over FEATURES. A real tune scores about 1; lower is closer.
+    Built from at most `limit` of `tunes` (drawn with `seed`): the distances grow with the reference's size."""
+
+    def __init__(self, tunes: list[str], limit: int = TYPICAL_TUNES, seed: int = 0):
+        chosen = random.Random(seed).sample(tunes, min(limit, len(tunes)))
+        _, self.matrices = set_measures(chosen)
+        self.scale = {name: max(float(_distances(m).mean()), 1e-9) if len(m) > 1 else 1.0
+                      for name, m in self.matrices.items()}
+
+    def distance(self, music: TuneMusic) -> float:
+        found = features(music)
+        if found is None or not self.matrices:
+            return math.inf
+        return float(np.mean([_distances(found[name][None], self.matrices[name]).mean() / self.scale[name]
+                              for name in FEATURES]))
 
 
 def compare(real: list[str], generated: list[str]) -> dict:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ..abc.check import check_tunes, summarize
-from ..abc.measures import compare_measured, set_measures
+from ..abc.measures import Typicality, compare_measured, set_measures
 from ..args import DataArguments
 from ..attention import PACKED_SDPA
 from ..data import clean_splits, load_raw_splits
@@ -92,6 +92,13 @@ def find_checkpoints(run_dir: str) -> list[Checkpoint]:
         if not has_tokenizer(Path(checkpoint.path)):
             raise UserError(f"{checkpoint.path} has no tokenizer; save the tokenizer with each checkpoint (run_finetune.py does)")
     return sorted(found, key=lambda c: c.step)
+
+
+def training_typicality(recipe: dict) -> Typicality:
+    """The Typicality of the training tunes of a run's resolved `recipe`, cleaned as training cleaned them."""
+    (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(recipe, allow_extra_keys=True)
+    tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
+    return Typicality(tunes["train"]["text"])
 
 
 def read_run(run_dir: str) -> tuple[DataArguments, dict]:
@@ -245,6 +252,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
     references = [Sample(prompt=p, text=t, ended=True, new_tokens=0) for p, t in zip(prompts, real)]
     write_samples(references, out / "samples" / "reference", label="real tune", checks=real_checks)
     kinds = tune_kinds(sample_args)
+    typical = Typicality(drawn.training) if sample_args.best_of > 1 else None  # what best of n ranks nearest
 
     ########## every checkpoint: Trainer.evaluate over packed held-out rows, then samples and their scores
     rows, last_own_tune = [], None
@@ -262,7 +270,7 @@ def evaluate_run(run_dir: str, checkpoints: list[Checkpoint], command: EvalComma
             batch_size = command.per_device_eval_batch_size or resolved.get("per_device_eval_batch_size", 8)
             numbers = token_numbers(model, packed[command.split], batch_size, token_metrics, scratch)
             for kind, kind_args in kinds.items():
-                samples = generate_tunes(model, tokenizer, prompts, kind_args)
+                samples = generate_tunes(model, tokenizer, prompts, kind_args, typical)
                 tunes = [s.text for s in samples]
                 if kind == "own":
                     last_own_tune = tunes[0]

@@ -10,8 +10,9 @@ from fractions import Fraction
 import pytest
 from conftest import REPO, untrained_samples
 
-from finetune.abc.measures import compare, key_signature, tune_flags, tune_music
+from finetune.abc.measures import Typicality, compare, key_signature, tune_flags, tune_music
 from finetune.abc.text import header_length
+from finetune.generation import Sample, rerank_key
 
 
 def body_edit(tune: str, edit) -> str:
@@ -102,6 +103,24 @@ def test_real_tunes_score_high_and_each_garbage_fails_the_measure_meant_to_catch
     print({name: round(result["overlapped_area"], 3) for name, result in [
         ("real", real_vs_real), ("random pitches", pitches), ("looped", looped), ("long notes", scattered),
         ("untrained", untrained)]})
+
+
+def test_typicality_puts_real_tunes_nearer_than_garbage_and_best_of_n_ranks_by_it(sets):
+    """Each real test tune lies nearer the real validation tunes than its long-note version and, over the set,
+    than its random-pitch version; of two candidates alike in everything the checker and the flags see, best of n
+    keeps the nearer, and without a Typicality nearness decides nothing."""
+    real, other = sets
+    typical, rng = Typicality(real), random.Random(3)
+    near = [typical.distance(tune_music(t)) for t in other[:24]]
+    assert 0.5 < sorted(near)[len(near) // 2] < 1.5  # a real tune: about the real tunes' own spread
+    assert all(d < typical.distance(tune_music(long_notes(t))) for d, t in zip(near, other))
+    assert sum(near) < sum(typical.distance(tune_music(random_pitches(t, rng))) for t in other[:24])
+    assert typical.distance(tune_music("M:4/4\nK:C\n")) == float("inf")  # no notes: never preferred
+    candidates = [Sample(prompt="", text=t, ended=True, new_tokens=0) for t in other]
+    a, b = [s for s in candidates if rerank_key(s)[:5] == (True, True, True, 0, 0.0)][:2]  # whole, valid, unflagged
+    nearer = min((a, b), key=lambda s: typical.distance(tune_music(s.text)))
+    assert max((a, b), key=lambda s: rerank_key(s, typical)) is nearer
+    assert max((b, a), key=lambda s: rerank_key(s, typical)) is nearer
 
 
 def test_a_looped_figure_and_a_wandering_ending_are_flagged():
