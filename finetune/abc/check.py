@@ -44,6 +44,8 @@ CHECKERS = ("auto", "abc2midi", "python")
 # Quoted strings in a row with no note under them that make a heap: real tune books write two at most (an annotation
 # beside a chord symbol); abc2midi plays a heap as chords over nothing and passes it.
 SYMBOL_HEAP = 3
+# Named decorations (`!f!`) in a row with no note under them: the corpus's tunes never write two.
+DECORATION_HEAP = 3
 # abc2midi reads a tune in milliseconds; a run past this is stuck on the text, which is a finding.
 ABC2MIDI_SECONDS = 10
 
@@ -72,6 +74,8 @@ def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
         report.errors.append("no K: field (every tune needs a key)")
     if reader.most_symbols >= SYMBOL_HEAP:
         report.errors.append(f"{reader.most_symbols} chord symbols or annotations in a row with no note between them")
+    if reader.most_decorations >= DECORATION_HEAP:
+        report.errors.append(f"{reader.most_decorations} decorations in a row with no note between them")
     if reader.multi_voice:
         return report  # voices overlap in time; bar sums of one interleaved line mean nothing
     bars, openings = reader.bars, section_openings(reader.bars)

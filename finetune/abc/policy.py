@@ -15,6 +15,9 @@ each refusing one thing. A text is refused when it would:
 - change M:, L: or K: (an inline field), start a field line or a second voice, or write what the checker
   forgives in real tune books but a model has no need of: comments, non-ASCII text, free text in quotes
   (chord symbols `"Am7"` and annotations `"^fine"` are kept), unnamed decorations, grace groups of non-notes;
+- put a second mark (chord symbol, annotation or named decoration) before the note the first stands on, or a bar
+  line between a mark and its note: tune books write one to a note, and a model that cannot end a tune would
+  otherwise fill lines with `!diminuendo(!`;
 - write what abc2midi does not read although ABC allows it (`Abc2midiQuirks`: a decoration, grace notes or a tie
   not followed by their note, a second `|:` or variant ending out of place, ...), a decoration abc2midi does not
   play, an octave mark against the letter's case (`e,`), an empty line (it ends a tune), a run of more than
@@ -42,7 +45,7 @@ FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
 # (`"Am7/G"`) and annotations (`"^fine"`: up to 12 characters, opening with a letter, digit or dot, with no bar lines
 # or brackets, so that no music hides in one and no blank or stray mark stands for one) rather than free text in
-# quotes, one to a note (symbol_waits); named decorations; notes in grace groups.
+# quotes, one to a note (mark_waits); named decorations, one to a note too; notes in grace groups.
 BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
 WRITTEN_TOKEN = regex.compile(
     r"""
@@ -198,7 +201,7 @@ def verdict(state: TuneState, text: str, meter: bool = True) -> Verdict | None:
         return None
     reader, tokens = read_ahead(before, text)
     if not syntax_kept(before, reader, tokens) or before.in_body and not (
-        body_may_go_on(reader) and one_symbol_to_a_note(state, reader, tokens)
+        body_may_go_on(reader) and one_mark_to_a_note(state, reader, tokens)
     ):
         return None
     complete = whole_pending(reader.pending)
@@ -255,15 +258,21 @@ def body_may_go_on(reader: Reader) -> bool:
     )
 
 
-def symbol_waits(waiting: bool, tokens: list[str]) -> bool | None:
-    """Whether a chord symbol or annotation waits for its note once `tokens` are read after a state where one did
-    (`waiting`: the reader has counted symbols since the last note, rest or chord); None where one is refused. Tune books put one symbol on a note, rest or chord, so that neither a
-    second symbol nor a bar line comes between a symbol and its note: a model could otherwise write quoted text
-    for bars on end (`"Am" "> " "B2" |`), which abc2midi passes."""
+def marks_wait(reader: Reader) -> bool:
+    """A chord symbol, an annotation or a named decoration read since the last note, rest or chord waits for it."""
+    return reader.symbols_in_a_row > 0 or reader.decorations_in_a_row > 0
+
+
+def mark_waits(waiting: bool, tokens: list[str]) -> bool | None:
+    """Whether a chord symbol, annotation or named decoration (a mark) waits for its note once `tokens` are read
+    after a state where one did (`waiting`: marks_wait); None where one is refused. Tune books put one mark on a
+    note, rest or chord, so that neither a second mark nor a bar line comes between a mark and its note: a model
+    could otherwise write quoted text for bars on end (`"Am" "> " "B2" |`), or lines of `!diminuendo(!` where it
+    cannot end, which abc2midi passes."""
     for token in tokens:
         found = whole_token(token)
         kind = found[1] if found else None
-        if kind == "symbol":
+        if kind == "symbol" or kind == "decoration" and len(token) > 1:
             if waiting:
                 return None
             waiting = True
@@ -274,13 +283,13 @@ def symbol_waits(waiting: bool, tokens: list[str]) -> bool | None:
     return waiting
 
 
-def one_symbol_to_a_note(state: TuneState, reader: Reader, tokens: list[str]) -> bool:
-    """No second symbol and no bar line between a chord symbol or annotation and its note (symbol_waits), counting
-    the token being written."""
-    waits = symbol_waits(state.reader.symbols_in_a_row > 0, tokens)
+def one_mark_to_a_note(state: TuneState, reader: Reader, tokens: list[str]) -> bool:
+    """No second mark and no bar line between a chord symbol, annotation or named decoration and its note
+    (mark_waits), counting the token being written."""
+    waits = mark_waits(marks_wait(state.reader), tokens)
     if waits is None:
         return False
-    return not (waits and reader.pending and (reader.pending[0] == '"' or BAR_START.match(reader.pending)))
+    return not (waits and reader.pending and (reader.pending[0] in '"!' or BAR_START.match(reader.pending)))
 
 
 def completed_by(state: TuneState, text: str, characters: str) -> Verdict | None:
@@ -470,8 +479,8 @@ def may_end(state: TuneState) -> bool:
         return False
     if len(done.bars) > len(reader.bars) and not may_close_last(state, done):
         return False
-    if symbol_waits(reader.symbols_in_a_row > 0, [reader.pending] if reader.pending else []) is not False:
-        return False  # a symbol with no note to stand on
+    if mark_waits(marks_wait(reader), [reader.pending] if reader.pending else []) is not False:
+        return False  # a mark with no note to stand on
     return (
         _nothing_open(done)
         and not done.abc2midi.ending_open  # abc2midi wants the last variant ending closed (`|]`, `||`, `:|`)

@@ -320,6 +320,9 @@ class Reader:
     # tune books write one or two over a note, never a heap of quoted text in place of music.
     symbols_in_a_row: int = 0
     most_symbols: int = 0
+    # Named decorations (`!f!`) the same way: tune books put one on a note, never a run of them over nothing.
+    decorations_in_a_row: int = 0
+    most_decorations: int = 0
     abc2midi: Abc2midiQuirks = field(default_factory=Abc2midiQuirks)
     # A list to record every note, rest and chord in (the musical measures read them); None, as the sampler reads,
     # records none.
@@ -493,8 +496,11 @@ class Reader:
         if kind == "symbol":
             self.symbols_in_a_row += 1
             self.most_symbols = max(self.most_symbols, self.symbols_in_a_row)
+        elif kind == "decoration" and len(match.group()) > 1:
+            self.decorations_in_a_row += 1
+            self.most_decorations = max(self.most_decorations, self.decorations_in_a_row)
         elif kind in ("note", "rest", "chord_start"):
-            self.symbols_in_a_row = 0
+            self.symbols_in_a_row = self.decorations_in_a_row = 0
         if kind == "field":
             letter, value = match.group()[1], match.group()[3:-1]
             if letter in "ML":

@@ -140,6 +140,17 @@ def test_quoted_text_heaped_in_place_of_music_fails_and_real_pairs_pass(checker)
     assert paired_report["valid"], paired_report["errors"]
 
 
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_decorations_heaped_in_place_of_music_fail_and_one_on_a_note_passes(checker):
+    """Lines of named decorations over no note (what a constrained model wrote where it could not end) pass
+    abc2midi but not the checker; one on its note passes."""
+    heaped = "M:4/4\nL:1/4\nK:F\nF2 F2|c4|\n!f!\n    !diminuendo(!!diminuendo(!\n    !mf!\n"
+    marked = "M:4/4\nL:1/4\nK:F\n!f!F2 F2|!diminuendo(!c2 !diminuendo)!A2|F4|\n"
+    heaped_report, marked_report = check_tunes([heaped, marked], checker)
+    assert not heaped_report["valid"] and any("4 decorations in a row" in e for e in heaped_report["errors"])
+    assert marked_report["valid"], marked_report["errors"]
+
+
 @pytest.mark.skipif(not shutil.which("abc2midi"), reason="abc2midi not installed (apt-get install abcmidi)")
 def test_an_instruction_field_abc2midi_does_not_know_is_no_error():
     """Tune books write `I:` lines for other software (`I: :: ::`); abc2midi complains and plays the tune anyway."""

@@ -376,6 +376,23 @@ def test_constrained_sampling_rescues_the_3_step_checkpoint_of_the_documented_re
     assert constrained["header_adherence"] >= 0.98 and constrained["truncation"] <= 0.1
 
 
+def test_one_named_decoration_to_a_note_as_tune_books_write_them():
+    """A named decoration waits for its note as a symbol does: no second decoration or symbol, no bar line and no
+    end first (a model that could not end wrote lines of `!diminuendo(!`); after the note, the next is free."""
+    from finetune.abc.policy import TuneState, advance, may_end, verdict
+    from finetune.abc.reader import Reader
+
+    state = TuneState(Reader())
+    advance(state, "M:4/4\nL:1/4\nK:G\nG A B c|")
+    assert verdict(state, "!f!") is not None
+    advance(state, "!diminuendo(! ")
+    assert verdict(state, "!") is None and verdict(state, '"Am"') is None and verdict(state, "|") is None
+    assert not may_end(state)
+    assert verdict(state, "A") is not None and verdict(state, "z") is not None and verdict(state, "[GB]") is not None
+    advance(state, "A B c d|")
+    assert verdict(state, "!p!") is not None and may_end(state)
+
+
 def test_one_chord_symbol_or_annotation_to_a_note_and_none_blank():
     """A symbol waits for its note: a second symbol, a bar line or the end cannot come first; an annotation says
     something (`"> "` and `"^ "` are refused); after the note, the next symbol is free again."""
