@@ -5,9 +5,10 @@
 Every prompt (the headers of held-out tunes, drawn as evaluate_checkpoints.py draws them) is sampled `--best_of`
 times, own and constrained, in one generate_tunes call over each prompt repeated, as best of n samples its
 candidates. For n = 1, 2, 4, ... up to `--best_of`, each prompt keeps the best of its first n candidates by
-generation.rerank_key (with the training tunes' Typicality, as evaluate_checkpoints.py ranks), and the kept tunes are scored as evaluate_checkpoints.py scores a checkpoint's tunes: the
-checker, then the musical measures against the same held-out real tunes, beside the real tunes' own row. Best of n
-costs n times the sampling of one tune per prompt; the time column is that share of the measured sampling.
+generation.rerank_key, with the training tunes' Typicality as evaluate_checkpoints.py ranks them, and the kept
+tunes are scored as evaluate_checkpoints.py scores a checkpoint's tunes: the checker, then the musical measures
+against the same held-out real tunes, beside the real tunes' own row. Best of n costs n times the sampling of one
+tune per prompt; the time column is that share of the measured sampling.
 
 Rows go to benchmarks/results/best-of.{json,md} (`--results`) with the run, its step, the machine and the commit.
 """

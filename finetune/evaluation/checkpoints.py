@@ -94,9 +94,15 @@ def find_checkpoints(run_dir: str) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
+def recipe_data_args(recipe: dict) -> DataArguments:
+    """The data arguments of a run's resolved `recipe` (its other keys are not read)."""
+    (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(recipe, allow_extra_keys=True)
+    return data_args
+
+
 def training_typicality(recipe: dict) -> Typicality:
     """The Typicality of the training tunes of a run's resolved `recipe`, cleaned as training cleaned them."""
-    (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(recipe, allow_extra_keys=True)
+    data_args = recipe_data_args(recipe)
     tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
     return Typicality(tunes["train"]["text"])
 
@@ -106,8 +112,7 @@ def read_run(run_dir: str) -> tuple[DataArguments, dict]:
     resolved = saved_recipe(run_dir)
     if resolved is None:
         raise UserError(f"{run_dir} is not a run directory (no {RECIPE_FILE}); pass the output_dir of a run_finetune.py run")
-    (data_args,) = CliParser((DataArguments,), prog="", usage="").parse_dict(resolved, allow_extra_keys=True)
-    return data_args, resolved
+    return recipe_data_args(resolved), resolved
 
 
 def data_from(path: str) -> tuple[DataArguments, str]:
