@@ -87,13 +87,14 @@ def main() -> None:
                                     replace(kind_args, best_of=1))
         seconds = time.perf_counter() - start
         checks = check_tunes([c.text for c in candidates], checker)
+        keys = [rerank_key(c, typical) for c in candidates]  # once each: every n ranks the same candidates
         tokens = sum(c.new_tokens for c in candidates)
         saved += [json.dumps({"tunes": kind, "prompt_index": i // args.best_of, **asdict(c)}) + "\n"
                   for i, c in enumerate(candidates)]
         print(f"{kind}: {len(candidates)} candidates in {seconds:.0f} s, {tokens / seconds:.0f} new tokens/s", flush=True)
         for n in counts:
             groups = [range(i, i + n) for i in range(0, len(candidates), args.best_of)]
-            kept = [max(group, key=lambda j: rerank_key(candidates[j], typical)) for group in groups]
+            kept = [max(group, key=keys.__getitem__) for group in groups]
             rows.append(scored(score, kind, n, seconds * n / args.best_of, [candidates[j] for j in kept],
                                [checks[j] for j in kept]))
     rows.append(reference)
