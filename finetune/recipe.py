@@ -17,6 +17,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,9 @@ class CliParser(HfArgumentParser):
 class RecipeParser(CliParser):
     """The recipe's parser: `dict` fields read JSON objects from the command line."""
 
-    def __init__(self):
-        super().__init__(
-            RECIPE_DATACLASSES,
-            prog="run_finetune.py",
-            usage="run_finetune.py RECIPE.json [--field value ...] [--dry_run]",
-        )
+    def __init__(self, dataclass_types=RECIPE_DATACLASSES, prog: str = "run_finetune.py",
+                 usage: str = "run_finetune.py RECIPE.json [--field value ...] [--dry_run]"):
+        super().__init__(dataclass_types, prog=prog, usage=usage)
         # HfArgumentParser hands `dict` itself to argparse as the type of dict fields; read JSON instead.
         for action in self._actions:
             if action.type is dict or typing.get_origin(action.type) is dict:
@@ -96,7 +94,7 @@ class RecipeParser(CliParser):
     @property
     def field_types(self) -> dict[str, Any]:
         hints = {}
-        for dtype in RECIPE_DATACLASSES:
+        for dtype in self.dataclass_types:
             type_hints = typing.get_type_hints(dtype)
             hints.update({f.name: type_hints[f.name] for f in dataclasses.fields(dtype) if f.init})
         return hints
@@ -196,17 +194,17 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+def _did_you_mean(key: str, known: typing.Iterable[str], prog: str = "run_finetune.py") -> str:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else "; see `python run_finetune.py --help` for the keys"
+    return f"; did you mean '{close[0]}'?" if close else f"; see `python {prog} --help` for the keys"
 
 
-def _recipe_problems(recipe: dict, field_types: dict) -> tuple[dict, list[str]]:
+def _recipe_problems(recipe: dict, field_types: dict, prog: str = "run_finetune.py") -> tuple[dict, list[str]]:
     """Split the recipe into the keys that type-check and a list of problems with the others."""
     good, problems = {}, []
     for key, value in recipe.items():
         if key not in field_types:
-            problems.append(f"unknown key '{key}'{_did_you_mean(key, field_types)}")
+            problems.append(f"unknown key '{key}'{_did_you_mean(key, field_types, prog)}")
         elif key == "bf16" and value == BF16_AUTO:
             good[key] = value
         elif problem := type_problem(value, field_types[key]):
@@ -339,7 +337,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(DATA_SUFFIXES) or name.count("/") != 1
 
 
-def _writable_problem(output_dir: str | None) -> str | None:
+def writable_problem(output_dir: str | None) -> str | None:
     """Can output_dir be created and written? Checked on its nearest existing ancestor, creating nothing."""
     if not output_dir:
         return "'output_dir' is not set; name the folder the run writes to, e.g. \"output_dir\": \"runs/mine\""
@@ -352,7 +350,7 @@ def _writable_problem(output_dir: str | None) -> str | None:
 
 
 def _path_problems(ns: dict) -> list[str]:
-    problems = [p for p in [_writable_problem(ns["output_dir"])] if p]
+    problems = [p for p in [writable_problem(ns["output_dir"])] if p]
     dataset = ns["dataset_name_or_path"]
     if dataset != BUILTIN_DATASET and _looks_like_path(dataset) and not Path(dataset).expanduser().exists():
         problems.append(f"'dataset_name_or_path': no such file or folder: {dataset}")
@@ -425,18 +423,28 @@ def _device_notes(ns: dict) -> tuple[list[str], list[str]]:
 
 def parse_recipe(argv: list[str]) -> ParsedRecipe:
     """Parse `RECIPE.json [--field value ...]` into the four argument objects, or raise UserError."""
-    parser = RecipeParser()
+    outputs, resolved, notes = parse_with(RecipeParser(), argv, _value_problems, "recipes/music_abc.json")
+    return ParsedRecipe(*outputs, resolved=resolved, notes=notes)
+
+
+def parse_with(
+    parser: RecipeParser, argv: list[str], value_problems: Callable[[dict], list[str]], example: str
+) -> tuple[list, dict[str, Any], list[str]]:
+    """Parse `RECIPE.json [--field value ...]` into `parser`'s dataclasses, or raise UserError: one instance of each,
+    the recipe as resolved (after `extends` and flags: only the keys set, so it can be run again as is), and notes
+    on what this machine chose. `value_problems` checks the merged values (a TrainingArguments' are always there)."""
     if argv and argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0)
     if not argv or argv[0].startswith("-"):
-        raise UserError(f"usage: {parser.usage}; the first argument is a recipe such as recipes/music_abc.json")
+        raise UserError(f"usage: {parser.usage}; the first argument is a recipe such as {example}")
     recipe_path, flags = Path(argv[0]), argv[1:]
     recipe = read_recipe(recipe_path)
     field_types = parser.field_types
-    good, problems = _recipe_problems(recipe, field_types)
+    good, problems = _recipe_problems(recipe, field_types, parser.prog)
     given, unknown_flags = _flag_names(parser, flags)
-    problems += [f"unknown flag '{flag}'{_did_you_mean(flag.lstrip('-').split('=')[0], field_types)}" for flag in unknown_flags]
+    problems += [f"unknown flag '{flag}'{_did_you_mean(flag.lstrip('-').split('=')[0], field_types, parser.prog)}"
+                 for flag in unknown_flags]
     if problems:
         raise UserError(_join(recipe_path, problems))
     parser.set_defaults(**good)
@@ -447,18 +455,17 @@ def parse_recipe(argv: list[str]) -> ParsedRecipe:
     flagged = {key: ns[key] for key in given}  # as asked, before this machine resolves any (`"bf16": "auto"`)
     notes, device_problems = _device_notes(ns)
     notes += _reporting_notes(ns)
-    problems = _value_problems(ns) + device_problems
+    problems = value_problems(ns) + device_problems
     if problems:
         raise UserError(_join(recipe_path, problems))
     outputs = []
-    for dtype in RECIPE_DATACLASSES:
+    for dtype in parser.dataclass_types:
         names = {f.name for f in dataclasses.fields(dtype) if f.init}
         try:
             outputs.append(dtype(**{k: v for k, v in ns.items() if k in names}))
         except (ValueError, TypeError) as e:
             raise UserError(_join(recipe_path, [" ".join(str(e).split())])) from None
-    resolved = {**recipe, **flagged}
-    return ParsedRecipe(*outputs, resolved=resolved, notes=notes)
+    return outputs, {**recipe, **flagged}, notes
 
 
 def recipe_table(folder: Path) -> str:

@@ -277,20 +277,39 @@ class Typicality:
     """How far one tune lies from real tunes in the distribution features, for best-of-n to prefer the typical
     candidate: per feature, the tune's mean distance to each real tune (mgeval's inter-set distance) over the real
     tunes' mean distance to each other; then the mean over FEATURES. A real tune scores about 1; lower is closer.
-    Built from at most `limit` of `tunes` (drawn with `seed`): the distances grow with the reference's size."""
+    Built from at most `limit` of `tunes` (drawn with `seed`): the distances grow with the reference's size.
 
-    def __init__(self, tunes: list[str], limit: int = TYPICAL_TUNES, seed: int = 0):
+    With `with_form`, the same distance on the tune's share of distinct bars (how much it repeats itself) is added,
+    weighed as much as the FEATURES together: preference tuning (finetune/preference.py) ranks so, to teach a model
+    form; best of n does not, since a filter on form pays with the distribution."""
+
+    def __init__(self, tunes: list[str], limit: int = TYPICAL_TUNES, seed: int = 0, with_form: bool = False):
         chosen = random.Random(seed).sample(tunes, min(limit, len(tunes)))
         _, self.matrices = set_measures(chosen)
-        self.scale = {name: max(float(_distances(m).mean()), 1e-9) if len(m) > 1 else 1.0
-                      for name, m in self.matrices.items()}
+        self.scale = {name: _scale(m) for name, m in self.matrices.items()}
+        self.shares = None
+        if with_form:
+            shares = np.array([form(tune_music(t))["distinct_bars"] for t in chosen], dtype=float)
+            self.shares = shares[~np.isnan(shares)][:, None]
+            self.shares_scale = _scale(self.shares)
 
     def distance(self, music: TuneMusic) -> float:
         found = features(music)
         if found is None or not self.matrices:
             return math.inf
-        return float(np.mean([_distances(found[name][None], self.matrices[name]).mean() / self.scale[name]
+        near = float(np.mean([_distances(found[name][None], self.matrices[name]).mean() / self.scale[name]
                               for name in FEATURES]))
+        if self.shares is None:
+            return near
+        share = form(music)["distinct_bars"]
+        if math.isnan(share) or not len(self.shares):
+            return math.inf
+        return near + float(_distances(np.array([[share]]), self.shares).mean()) / self.shares_scale
+
+
+def _scale(matrix: np.ndarray) -> float:
+    """The mean distance between the rows of `matrix` (1.0 for fewer than two rows, never 0)."""
+    return max(float(_distances(matrix).mean()), 1e-9) if len(matrix) > 1 else 1.0
 
 
 def compare(real: list[str], generated: list[str]) -> dict:

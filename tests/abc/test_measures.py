@@ -33,6 +33,11 @@ def one_bar_looped(tune: str) -> str:
     return tune[:header_length(tune)] + (bars[1 if len(bars) > 1 else 0] + "|") * max(len(music.bars), 8) + "\n"
 
 
+def written_twice(tune: str) -> str:
+    """The tune's body written out twice, as a tune book would write a repeat out: each bar now comes twice."""
+    return body_edit(tune, lambda body: body + body)
+
+
 def long_notes(tune: str) -> str:
     """One long low note a bar: a handful of long low notes scattered over the tune's length."""
     return tune[:header_length(tune)] + "".join(f"{rng_note}8|" for rng_note in "C,E,G,C,D,F,A,D,") + "\n"
@@ -121,6 +126,22 @@ def test_typicality_puts_real_tunes_nearer_than_garbage_and_best_of_n_ranks_by_i
     nearer = min((a, b), key=lambda s: typical.distance(tune_music(s.text)))
     assert max((a, b), key=lambda s: rerank_key(s, typical)) is nearer
     assert max((b, a), key=lambda s: rerank_key(s, typical)) is nearer
+
+
+def test_typicality_with_form_also_weighs_how_much_a_tune_repeats_itself(sets):
+    """A tune written out twice keeps its notes in the same proportions, so the distribution features hardly move;
+    with_form sees every bar come twice and sets the tune farther than it was, where without it the two lie about
+    as near. The form term is never negative, and a tune with no bars is never preferred."""
+    real, other = sets
+    plain, shaped = Typicality(real), Typicality(real, with_form=True)
+    farther_with_form = farther_without = 0
+    for tune in other[:24]:
+        once, twice = tune_music(tune), tune_music(written_twice(tune))
+        assert shaped.distance(once) >= plain.distance(once)
+        farther_with_form += shaped.distance(twice) > shaped.distance(once)
+        farther_without += plain.distance(twice) > plain.distance(once) + 0.1
+    assert farther_with_form >= 22 and farther_without <= 4, (farther_with_form, farther_without)
+    assert shaped.distance(tune_music("M:4/4\nK:C\n")) == float("inf")
 
 
 def test_a_looped_figure_and_a_wandering_ending_are_flagged():
