@@ -232,6 +232,24 @@ RECIPE_VALUES = [None, -1, 0, 1, 0.5, -0.0, 1e308, 10**30, "", "x", "nan", "inf"
                  True, False, "music_abc.json", "../", "/", "\x00", "é"]
 
 
+def mutate_recipe(recipe: dict, rng: random.Random, invented: list[str]) -> str:
+    """The JSON text of `recipe` with 1 to 3 values swapped for values of every JSON type, keys dropped, or keys from
+    `invented` added; in 3 of 10, its bytes edited too."""
+    for _ in range(rng.randint(1, 3)):
+        keys = list(recipe)
+        kind = rng.random()
+        if kind < 0.6 and keys:
+            recipe[rng.choice(keys)] = rng.choice(RECIPE_VALUES)
+        elif kind < 0.75 and keys:
+            del recipe[rng.choice(keys)]
+        else:
+            recipe[rng.choice(keys + invented)] = rng.choice(RECIPE_VALUES)
+    text = json.dumps(recipe)
+    if rng.random() < 0.3:
+        text = mutate(text, rng, ['"', "{", "}", ",", ":", "[", "]", "\\", "\x00", "é", "1e999", "null"], rng.randint(1, 3))
+    return text
+
+
 @pytest.mark.integration
 def test_recipe_parser_takes_mutated_recipes_or_says_why(tmp_path):
     """1,000 mutated shipped recipes (values of every JSON type swapped in, keys dropped or invented, bytes edited):
@@ -247,18 +265,7 @@ def test_recipe_parser_takes_mutated_recipes_or_says_why(tmp_path):
         recipe["extends"] = str(source.parent / recipe["extends"]) if "extends" in recipe else None
         if recipe["extends"] is None:
             del recipe["extends"]
-        for _ in range(rng.randint(1, 3)):
-            keys = list(recipe)
-            kind = rng.random()
-            if kind < 0.6 and keys:
-                recipe[rng.choice(keys)] = rng.choice(RECIPE_VALUES)
-            elif kind < 0.75 and keys:
-                del recipe[rng.choice(keys)]
-            else:
-                recipe[rng.choice(keys + ["learning_rat", "", "x" * 300, "model_config"])] = rng.choice(RECIPE_VALUES)
-        text = json.dumps(recipe)
-        if rng.random() < 0.3:
-            text = mutate(text, rng, ['"', "{", "}", ",", ":", "[", "]", "\\", "\x00", "é", "1e999", "null"], rng.randint(1, 3))
+        text = mutate_recipe(recipe, rng, ["learning_rat", "", "x" * 300, "model_config"])
         path = tmp_path / f"r{n}.json"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
