@@ -37,7 +37,7 @@ from fractions import Fraction
 
 import regex
 
-from .reader import SECTION_BAR, SECTION_START, Reader, token_may_begin, unit_length, whole_token
+from .reader import SECTION_BAR, SECTION_START, Reader, named_decoration, token_may_begin, unit_length, whole_token
 
 # An inline field (a chord opens with a note instead): it could change what the prompt set, or start a voice.
 FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
@@ -272,7 +272,7 @@ def mark_waits(waiting: bool, tokens: list[str]) -> bool | None:
     for token in tokens:
         found = whole_token(token)
         kind = found[1] if found else None
-        if kind == "symbol" or kind == "decoration" and len(token) > 1:
+        if kind == "symbol" or named_decoration(kind, token):
             if waiting:
                 return None
             waiting = True

@@ -129,6 +129,12 @@ def token_may_begin(text: str) -> bool:
     return TOKEN.fullmatch(text, partial=True) is not None
 
 
+def named_decoration(kind: str | None, text: str) -> bool:
+    """Whether a token of `kind` is a named decoration (`!fermata!`, `+trill+`), which stands on the note after it as
+    a chord symbol does, rather than a one-character one (`~`, `.`, `H`), which abc2midi ties to its note."""
+    return kind == "decoration" and len(text) > 1
+
+
 def is_triple(value: str) -> bool:
     """Whether an M: value's written numerator is a multiple of 3 (6/8, 12/8, 3+3/8, 3/4): read from the text, since
     the bar length reduces 6/8 to 3/4 and 12/8 to 3/2."""
@@ -231,7 +237,7 @@ class Abc2midiQuirks:
         self.graced = kind == "grace"
         if kind != "comment":
             self.kind = kind
-        if kind == "decoration" and len(match.group()) == 1:  # `!trill!` and `+trill+` may stand alone
+        if kind == "decoration" and not named_decoration(kind, match.group()):  # `!trill!` may stand alone
             self.decorated += match.group()
         elif kind in ("note", "rest"):
             self.staccato, self.decorated = "." in self.decorated, ""
@@ -496,7 +502,7 @@ class Reader:
         if kind == "symbol":
             self.symbols_in_a_row += 1
             self.most_symbols = max(self.most_symbols, self.symbols_in_a_row)
-        elif kind == "decoration" and len(match.group()) > 1:
+        elif named_decoration(kind, match.group()):
             self.decorations_in_a_row += 1
             self.most_decorations = max(self.most_decorations, self.decorations_in_a_row)
         elif kind in ("note", "rest", "chord_start"):
