@@ -33,9 +33,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 from trl import DPOConfig, DPOTrainer
 
 from .abc.measures import Typicality
-from .data import clean_splits, load_raw_splits
 from .errors import UserError
-from .evaluation.checkpoints import recipe_data_args
+from .evaluation.checkpoints import recipe_data_args, training_tunes
 from .generation import Sample, SampleArguments, generate_tunes, prompt_fields, prompt_from_tune, rerank_key
 from .model import context_length, is_model_dir, load_checkpoint
 from .recipe import RecipeParser, parse_with, writable_problem
@@ -82,10 +81,8 @@ def _problems(ns: dict) -> list[str]:
     out = ns["output_dir"]
     if problem := writable_problem(out):
         problems.append(problem)
-    elif Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+    elif Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):  # the run itself, too
         problems.append(f"'output_dir': {out} already holds files; name a new folder (a preference run starts afresh)")
-    elif run and Path(out).resolve() == Path(run).resolve():
-        problems.append("'output_dir' is the run itself; name a new folder, e.g. \"runs/music_abc_cpu_dpo\"")
     return problems
 
 
@@ -123,8 +120,7 @@ def prefer(preference: PreferenceArguments, dpo: DPOConfig, resolved: dict, log=
     """Run the rounds (module docstring); returns the output folder."""
     recipe = saved_recipe(preference.run)
     data_args = recipe_data_args(recipe)
-    tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
-    train = list(tunes["train"]["text"])
+    train = training_tunes(data_args)
     if not train:
         raise UserError(f"{preference.run}: its data has no training tunes to prompt from")
     typical = Typicality(train, with_form=True)

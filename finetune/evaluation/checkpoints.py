@@ -100,11 +100,15 @@ def recipe_data_args(recipe: dict) -> DataArguments:
     return data_args
 
 
-def training_typicality(recipe: dict) -> Typicality:
-    """The Typicality of the training tunes of a run's resolved `recipe`, cleaned as training cleaned them."""
-    data_args = recipe_data_args(recipe)
+def training_tunes(data_args: DataArguments) -> list[str]:
+    """The training tunes' texts of `data_args`, cleaned as training cleaned them."""
     tunes, _ = clean_splits(load_raw_splits(data_args), data_args)
-    return Typicality(tunes["train"]["text"])
+    return tunes["train"]["text"]
+
+
+def training_typicality(recipe: dict) -> Typicality:
+    """The Typicality of the training tunes of a run's resolved `recipe`."""
+    return Typicality(training_tunes(recipe_data_args(recipe)))
 
 
 def read_run(run_dir: str) -> tuple[DataArguments, dict]:
