@@ -37,19 +37,31 @@ from fractions import Fraction
 
 import regex
 
-from .reader import SECTION_BAR, SECTION_START, Reader, named_decoration, token_may_begin, unit_length, whole_token
+from .reader import (
+    CHORD_SYMBOL,
+    SECTION_BAR,
+    SECTION_START,
+    Reader,
+    named_decoration,
+    token_may_begin,
+    unit_length,
+    whole_token,
+)
 
 # An inline field (a chord opens with a note instead): it could change what the prompt set, or start a voice.
 FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
-# (`"Am7/G"`) and annotations (`"^fine"`: up to 12 characters, opening with a letter, digit or dot, with no bar lines
-# or brackets, so that no music hides in one and no blank or stray mark stands for one) rather than free text in
-# quotes, one to a note (mark_waits); named decorations, one to a note too; notes in grace groups.
+# (`"Am7/G"`, reader.CHORD_SYMBOL) and annotations of one word, abbreviation or number as tune books write them
+# (`"^fine"`, `"_D.C."`, `"^SEGUE"`, `"_4"`), so that no music hides in one and no blank or stray mark stands for
+# one, rather than free text in quotes, one to a note (mark_waits); named decorations, one to a note too; notes in
+# grace groups.
 BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
 WRITTEN_TOKEN = regex.compile(
     r"""
-    "(?:[A-G][#b]?(?:m|min|maj|dim|aug|sus)?[0-9]{0,2}(?:(?:add|sus|b|\#)[0-9]{1,2})?(?:/[A-G][#b]?)?|[\^_<>@][A-Za-z0-9.][ !\#-Z^-z~]{0,11})"
+    "(?:"""
+    + CHORD_SYMBOL
+    + r"""|[\^_<>@](?:[A-Za-z](?:[a-z]{0,9}|[A-Z]{0,7})\.?|(?:[A-Z]\.){2,3}|[0-9]{1,2}))"
   | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
         |[<>][()])!
   | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}

@@ -73,6 +73,13 @@ SECTION_START = regex.compile(r"\|:|::|\|\||\[\||\|\]")
 # and 7/4, with and without pickups: stopping on a quarter note of the last bar, or at its full length, is safe.
 ACCOMPANIMENT_STEP = Fraction(1, 4)
 LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
+# A chord symbol as tune books write one: a root, a quality, the extension numbers chords use and a bass note
+# (`Am7/G`, `Gsus4`, `C7b9`); a root followed by any other number is a note and its length in quotes (`"B2"`).
+CHORD_SYMBOL = r"[A-G][\#b]?(?:m|min|maj|dim|aug|sus)?(?:6|7|9|11|13)?(?:(?:add|sus)[249]|b5|b9|\#5|\#9|\#11)?(?:/[A-Ga-g][\#b]?)?"
+# A word of an annotation that reads as music: notes with their lengths, slurs, ties and broken rhythm
+# (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text); two in one quoted string are music hidden from
+# the player.
+MUSIC_WORD = regex.compile(r"(?=.*[A-Ga-g])(?:\(\d?|[\^_=]?[A-Ga-g][,']*\d*(?:/\d*)?|[-<>)])+")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,6 +140,14 @@ def named_decoration(kind: str | None, text: str) -> bool:
     """Whether a token of `kind` is a named decoration (`!fermata!`, `+trill+`), which stands on the note after it as
     a chord symbol does, rather than a one-character one (`~`, `.`, `H`), which abc2midi ties to its note."""
     return kind == "decoration" and len(text) > 1
+
+
+def hides_music(quoted: str) -> bool:
+    """Whether a quoted string (`"Am7"`, `"^fine"`, without its quotes) holds music rather than a chord symbol or
+    text: a root with a number no chord writes (`"B22/B"`), or two words that read as notes (`"^d2 e2"`)."""
+    if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted) and not regex.fullmatch(CHORD_SYMBOL, quoted):
+        return True
+    return sum(len(word) > 1 and bool(MUSIC_WORD.fullmatch(word)) for word in quoted.lstrip("^_<>@").split()) >= 2
 
 
 def is_triple(value: str) -> bool:
@@ -326,6 +341,8 @@ class Reader:
     # tune books write one or two over a note, never a heap of quoted text in place of music.
     symbols_in_a_row: int = 0
     most_symbols: int = 0
+    # The first quoted string that holds music rather than a chord symbol or text (hides_music), as written.
+    hidden_music: str = ""
     # Named decorations (`!f!`) the same way: tune books put one on a note, never a run of them over nothing.
     decorations_in_a_row: int = 0
     most_decorations: int = 0
@@ -502,6 +519,8 @@ class Reader:
         if kind == "symbol":
             self.symbols_in_a_row += 1
             self.most_symbols = max(self.most_symbols, self.symbols_in_a_row)
+            if not self.hidden_music and hides_music(match.group()[1:-1]):
+                self.hidden_music = match.group()
         elif named_decoration(kind, match.group()):
             self.decorations_in_a_row += 1
             self.most_decorations = max(self.most_decorations, self.decorations_in_a_row)

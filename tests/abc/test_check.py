@@ -140,6 +140,27 @@ def test_quoted_text_heaped_in_place_of_music_fails_and_real_pairs_pass(checker)
     assert paired_report["valid"], paired_report["errors"]
 
 
+# Quoted strings the CPU recipe's constrained tunes wrote, each over a note, before the policy held annotations to a
+# word: music and a chord with a note's length, which abc2midi passes and never plays.
+MUSIC_IN_QUOTES = ['"B22/B"', '"E2add22/A"', '"A2"', '">ABc) d2 d2 e"', '"<and> G)>A B2"', '">2 c/2 A/2 G/"',
+                   '"<deB) (3deB ("', '"_ed))    (BA)"', '">4 d-c (3Adc "']
+# And what tune books write in quotes (the corpus's own strings): chords, words, abbreviations, fingering, labels.
+TEXT_IN_QUOTES = ['"Am7/G"', '"G7/b"', '"Gsus4"', '"^Segno"', '"_D.C."', '"4"', '"> 2,4"', '"_D2"', '"(End)"',
+                  '"2nd time: cut time (2/4)"', '"^fermat:a"', '"DC al (S)"', '"play a D"']
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_music_written_in_quotes_fails_and_text_in_quotes_passes(checker):
+    """A quoted string that holds notes with their lengths, or a root with a number no chord writes, is music the
+    player never hears; the strings tune books write over their notes pass."""
+    tune = 'M:4/4\nL:1/4\nK:Am\n{}A2 B2|c4|\n'
+    reports = check_tunes([tune.format(quoted) for quoted in MUSIC_IN_QUOTES + TEXT_IN_QUOTES], checker)
+    for quoted, report in zip(MUSIC_IN_QUOTES, reports):
+        assert not report["valid"] and any(quoted in e for e in report["errors"]), (quoted, report["errors"])
+    for quoted, report in zip(TEXT_IN_QUOTES, reports[len(MUSIC_IN_QUOTES):]):
+        assert report["valid"], (quoted, report["errors"])
+
+
 @pytest.mark.parametrize("checker", CHECKERS)
 def test_decorations_heaped_in_place_of_music_fail_and_one_on_a_note_passes(checker):
     """Lines of named decorations over no note (what a constrained model wrote where it could not end) pass

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO, run_finetune
+from test_check import MUSIC_IN_QUOTES
 
 from finetune.abc import policy
 from finetune.abc.check import analyse
@@ -407,3 +408,17 @@ def test_one_chord_symbol_or_annotation_to_a_note_and_none_blank():
     assert verdict(state, "A") is not None and verdict(state, "z") is not None and verdict(state, "[GB]") is not None
     advance(state, "A B c d|")
     assert verdict(state, '"D7"') is not None and may_end(state)
+
+
+def test_quoted_strings_are_chords_and_words_as_tune_books_write_them():
+    """What the checker refuses as music in quotes, the policy never lets the model begin to write; a chord symbol
+    and a one-word annotation as the corpus writes them are allowed."""
+    from finetune.abc.policy import TuneState, advance, verdict
+    from finetune.abc.reader import Reader
+
+    state = TuneState(Reader())
+    advance(state, "M:4/4\nL:1/4\nK:G\nG A B c|")
+    for quoted in MUSIC_IN_QUOTES + ['"^Segbe2b2 e2e"', '"^G2"', '">z D.C.C.B,.A"']:  # and what reads as text
+        assert verdict(state, quoted) is None, quoted
+    for quoted in ['"Am7/G"', '"G7/b"', '"Gsus4"', '"C7b9"', '"^Segno"', '"_D.C."', '"^SEGUE"', '"_cresc."', '"^4"']:
+        assert verdict(state, quoted) is not None, quoted
