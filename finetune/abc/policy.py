@@ -52,8 +52,8 @@ from .reader import (
 FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
-# (`"Am7/G"`, reader.CHORD_SYMBOL) and annotations of one word, abbreviation or number as tune books write them
-# (`"^fine"`, `"_D.C."`, `"^SEGUE"`, `"_4"`), so that no music hides in one and no blank or stray mark stands for
+# (`"Am7/G"`, reader.CHORD_SYMBOL) and annotations of one word (with a letter no note has), abbreviation or number
+# as tune books write them (`"^fine"`, `"_D.C."`, `"^SEGUE"`, `"_4"`), so that no music hides in one and no blank or stray mark stands for
 # one, rather than free text in quotes, one to a note (mark_waits); named decorations, one to a note too; notes in
 # grace groups.
 BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
@@ -61,7 +61,7 @@ WRITTEN_TOKEN = regex.compile(
     r"""
     "(?:"""
     + CHORD_SYMBOL
-    + r"""|[\^_<>@](?:[A-Za-z](?:[a-z]{0,9}|[A-Z]{0,7})\.?|(?:[A-Z]\.){2,3}|[0-9]{1,2}))"
+    + r"""|[\^_<>@](?:(?=[A-Za-z]*[H-Zh-z])[A-Za-z](?:[a-z]{0,9}|[A-Z]{0,7})\.?|D\.[CS]\.|[0-9]{1,2}))"
   | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
         |[<>][()])!
   | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}

@@ -77,8 +77,8 @@ LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
 # (`Am7/G`, `Gsus4`, `C7b9`); a root followed by any other number is a note and its length in quotes (`"B2"`).
 CHORD_SYMBOL = r"[A-G][\#b]?(?:m|min|maj|dim|aug|sus)?(?:6|7|9|11|13)?(?:(?:add|sus)[249]|b5|b9|\#5|\#9|\#11)?(?:/[A-Ga-g][\#b]?)?"
 # A word of an annotation that reads as music: notes with their lengths, slurs, ties and broken rhythm
-# (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text); two in one quoted string are music hidden from
-# the player.
+# (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text). Two such words in one quoted string, or one of
+# four notes or more (`AGFEDEFG.`), are music hidden from the player; tune books write `"_D2"` and `"DC"`.
 MUSIC_WORD = regex.compile(r"(?=.*[A-Ga-g])(?:\(\d?|[\^_=]?[A-Ga-g][,']*\d*(?:/\d*)?|[-<>)])+")
 
 
@@ -144,10 +144,12 @@ def named_decoration(kind: str | None, text: str) -> bool:
 
 def hides_music(quoted: str) -> bool:
     """Whether a quoted string (`"Am7"`, `"^fine"`, without its quotes) holds music rather than a chord symbol or
-    text: a root with a number no chord writes (`"B22/B"`), or two words that read as notes (`"^d2 e2"`)."""
+    text: a root with a number no chord writes (`"B22/B"`), or words that read as notes (`"^d2 e2"`, MUSIC_WORD)."""
     if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted) and not regex.fullmatch(CHORD_SYMBOL, quoted):
         return True
-    return sum(len(word) > 1 and bool(MUSIC_WORD.fullmatch(word)) for word in quoted.lstrip("^_<>@").split()) >= 2
+    words = [word.rstrip(".,;:!") for word in quoted.lstrip("^_<>@").split()]
+    music = [word for word in words if len(word) > 1 and MUSIC_WORD.fullmatch(word)]
+    return len(music) >= 2 or any(sum(c in "ABCDEFGabcdefg" for c in word) >= 4 for word in music)
 
 
 def is_triple(value: str) -> bool:
