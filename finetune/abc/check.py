@@ -20,8 +20,8 @@ or guessed part of the text are (see ABC2MIDI_IDIOMS and ABC2MIDI_GUESSES).
 A tune is valid when its syntax is clean, K: is present, M:/L:/K: are well-formed, no off bar has a
 length found nowhere else in the tune (a broken bar; a length that recurs is the tune's own, often a
 meter M: does not state), at least half of its bars keep the meter, no SYMBOL_HEAP chord symbols or
-annotations stand in a row with no note between them (quoted text in place of music), and no quoted string holds
-music (`reader.hides_music`: `"B22/B"`, `"^d2 e2"`). `bars_off` counts every off
+annotations stand in a row with no note between them (quoted text in place of music), no quoted string holds
+music (`reader.hides_music`: `"B22/B"`, `"^d2 e2"`), and no slur closes over no note (`( )`, a sampler's filler). `bars_off` counts every off
 bar.
 """
 
@@ -75,6 +75,8 @@ def analyse(tune: str, strict_syntax: bool = True) -> TuneReport:
         report.errors.append("no K: field (every tune needs a key)")
     if reader.most_symbols >= SYMBOL_HEAP:
         report.errors.append(f"{reader.most_symbols} chord symbols or annotations in a row with no note between them")
+    if reader.empty_slurs:
+        report.errors.append(f"{reader.empty_slurs} slurs with no note in them")
     if reader.hidden_music:
         report.errors.append(f"music written in quotes, where it is not played: {reader.hidden_music}")
     if reader.most_decorations >= DECORATION_HEAP:

@@ -14,7 +14,9 @@ each refusing one thing. A text is refused when it would:
   the bar after it; a section's pickup that completes the bar before its section bar; the last bar of the tune;
 - change M:, L: or K: (an inline field), start a field line or a second voice, or write what the checker
   forgives in real tune books but a model has no need of: comments, non-ASCII text, free text in quotes
-  (chord symbols `"Am7"` and annotations `"^fine"` are kept), unnamed decorations, grace groups of non-notes;
+  (chord symbols `"Am7"` and one-word annotations `"^fine"` are kept), unnamed decorations, grace groups of
+  non-notes, the spacer `y`;
+- close a slur over no note (`( )`): what the checker refuses, and with `y` the filler of a model that cannot end;
 - put a second mark (chord symbol, annotation or named decoration) before the note the first stands on, or a bar
   line between a mark and its note: tune books write one to a note, and a model that cannot end a tune would
   otherwise fill lines with `!diminuendo(!`;
@@ -61,7 +63,7 @@ WRITTEN_TOKEN = regex.compile(
     r"""
     "(?:"""
     + CHORD_SYMBOL
-    + r"""|[\^_<>@](?:(?=[A-Za-z]*[H-Zh-z])[A-Za-z](?:[a-z]{0,9}|[A-Z]{0,7})\.?|D\.[CS]\.|[0-9]{1,2}))"
+    + r"""|[\^_<>@](?:(?:[A-Za-z][a-g]{0,8}[h-z][a-z]{0,8}|[H-Zh-z][a-z]{0,9}|[A-Z]{0,7}[H-Z][A-Z]{0,7})\.?|D\.[CS]\.|[0-9]{1,2}))"
   | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
         |[<>][()])!
   | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}
@@ -194,7 +196,7 @@ def _written_as_tunes_write(pending: str) -> bool:
         return bool(WRITTEN_NOTE.fullmatch(pending, partial=True))
     if first in "ZX":
         return bool(WRITTEN_MEASURES.fullmatch(pending, partial=True))
-    return True
+    return "y" not in pending  # ABC's spacer `y` is layout that tune books hardly write, and lines of it fill a wait
 
 
 def advance(state: TuneState, text: str) -> None:
@@ -336,9 +338,10 @@ def abc2midi_reads(before: Reader, reader: Reader, done: Reader) -> bool:
 
 
 def voice_and_header_kept(before: Reader, done: Reader) -> bool:
-    """One voice, slurs no deeper than MAX_SLURS, and in the body M:, L: and K: as the prompt set them."""
+    """One voice, slurs no deeper than MAX_SLURS and each over a note, and in the body M:, L: and K: as the prompt
+    set them."""
     return not (
-        done.multi_voice or done.slurs > MAX_SLURS
+        done.multi_voice or done.slurs > MAX_SLURS or done.empty_slurs > before.empty_slurs
         or before.in_body and (done.meter, done.unit, done.key) != (before.meter, before.unit, before.key)
     )
 

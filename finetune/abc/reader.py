@@ -145,7 +145,9 @@ def named_decoration(kind: str | None, text: str) -> bool:
 def hides_music(quoted: str) -> bool:
     """Whether a quoted string (`"Am7"`, `"^fine"`, without its quotes) holds music rather than a chord symbol or
     text: a root with a number no chord writes (`"B22/B"`), or words that read as notes (`"^d2 e2"`, MUSIC_WORD)."""
-    if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted) and not regex.fullmatch(CHORD_SYMBOL, quoted):
+    if regex.fullmatch(CHORD_SYMBOL, quoted):
+        return False
+    if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted):
         return True
     words = [word.rstrip(".,;:!") for word in quoted.lstrip("^_<>@").split()]
     music = [word for word in words if len(word) > 1 and MUSIC_WORD.fullmatch(word)]
@@ -326,6 +328,8 @@ class Reader:
     pending_broken: Fraction = Fraction(1)
     chord: list[tuple[Fraction, str]] | None = None  # the open chord's notes: (length, pitch as written)
     slurs: int = 0  # slurs opened and not yet closed
+    slur_empty: bool = False  # no note, rest, chord or grace group since the last slur opened
+    empty_slurs: int = 0  # slurs closed over no note (`( )`): tune books write none; a sampler may, as filler
     # the text of the token being read, and of the field line being read
     pending: str = ""
     line_start: bool = True
@@ -528,6 +532,8 @@ class Reader:
             self.most_decorations = max(self.most_decorations, self.decorations_in_a_row)
         elif kind in ("note", "rest", "chord_start"):
             self.symbols_in_a_row = self.decorations_in_a_row = 0
+        if kind in ("note", "rest", "chord_start", "grace"):
+            self.slur_empty = False
         if kind == "field":
             letter, value = match.group()[1], match.group()[3:-1]
             if letter in "ML":
@@ -566,8 +572,11 @@ class Reader:
             self._tuplet(match)
         elif kind == "broken":
             self._broken(match.group())
+        elif kind == "slur" and match.group() == "(":
+            self.slurs, self.slur_empty = self.slurs + 1, True
         elif kind == "slur":
-            self.slurs = self.slurs + 1 if match.group() == "(" else max(self.slurs - 1, 0)
+            self.empty_slurs += self.slurs > 0 and self.slur_empty
+            self.slurs = max(self.slurs - 1, 0)
         elif kind == "overlay":
             self.multi_voice = True
 

@@ -145,7 +145,7 @@ def test_quoted_text_heaped_in_place_of_music_fails_and_real_pairs_pass(checker)
 MUSIC_IN_QUOTES = ['"B22/B"', '"E2add22/A"', '"A2"', '">ABc) d2 d2 e"', '"<and> G)>A B2"', '">2 c/2 A/2 G/"',
                    '"<deB) (3deB ("', '"_ed))    (BA)"', '">4 d-c (3Adc "', '">AGFEDEFG."']
 # And what tune books write in quotes (the corpus's own strings): chords, words, abbreviations, fingering, labels.
-TEXT_IN_QUOTES = ['"Am7/G"', '"G7/b"', '"Gsus4"', '"^Segno"', '"_D.C."', '"4"', '"> 2,4"', '"_D2"', '"(End)"',
+TEXT_IN_QUOTES = ['"Am7/G"', '"G7/b"', '"Gsus4"', '"Badd4"', '"B9b5/db"', '"^Segno"', '"_D.C."', '"4"', '"> 2,4"', '"_D2"', '"(End)"',
                   '"2nd time: cut time (2/4)"', '"^fermat:a"', '"DC al (S)"', '"play a D"',
                   '"^Bad"']
 
@@ -160,6 +160,17 @@ def test_music_written_in_quotes_fails_and_text_in_quotes_passes(checker):
         assert not report["valid"] and any(quoted in e for e in report["errors"]), (quoted, report["errors"])
     for quoted, report in zip(TEXT_IN_QUOTES, reports[len(MUSIC_IN_QUOTES):]):
         assert report["valid"], (quoted, report["errors"])
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_slurs_over_no_note_fail_and_slurs_over_notes_or_grace_notes_pass(checker):
+    """Lines of `)    (` (what constrained tunes wrote where they could not end) pass abc2midi but not the
+    checker; slurs over notes, nested slurs and a slur over grace notes, as tune books write them, pass."""
+    filler = "M:4/4\nL:1/4\nK:D\n(D2 E2)|F4|(A2 B2) (\n    )    (\n    )    (\n)|d4|\n"
+    slurred = "M:4/4\nL:1/4\nK:D\n(D2 E2)|((F2 G) A)|(A2 ({ag}B2)|d4|\n"
+    filler_report, slurred_report = check_tunes([filler, slurred], checker)
+    assert not filler_report["valid"] and any("3 slurs with no note" in e for e in filler_report["errors"])
+    assert slurred_report["valid"], slurred_report["errors"]
 
 
 @pytest.mark.parametrize("checker", CHECKERS)
