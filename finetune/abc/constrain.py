@@ -12,7 +12,10 @@ asking what a stuck token or a full bar refuses (`_surely_refused`); both are ex
 
 In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of being cut off: the end-of-sequence
 token as soon as the policy allows it, else a slur closed, a half-written token finished, the open bar closed (it
-may be short, as the last bar), with plain notes, rests and bar lines only. It works for any tokenizer: each token's
+may be short, as the last bar), with plain notes, rests and bar lines only. It steers the same way from the first
+step where the model's likeliest token is the end and the policy cannot allow it yet (a slur open, a bar half
+full): masked, the end would leave the model writing on where it meant to stop, and what it writes there is
+filler (lines of `)    (`, invisible rests, quoted text). It works for any tokenizer: each token's
 text is decoded once; tokens that are not text on their own (byte pieces, special tokens) are refused. If no token
 among the vocabulary keeps the meter, the row keeps only the syntax for that step (its bar will be off), counted in
 `self.unconstrained_steps`. A token that a processor before it has masked (-inf; sample.py puts the loop limit
@@ -44,9 +47,10 @@ SOUNDING = frozenset("^_=ABCDEFGabcdefgzx")  # what a note or rest may start wit
 
 @dataclass
 class RowState(TuneState):
-    """A row of the batch: its tune, and whether it has ended."""
+    """A row of the batch: its tune, whether it has ended, and whether it is steering to its end."""
 
     done: bool = False
+    closing: bool = False  # the model's likeliest token was the end where the policy could not allow it yet
 
 
 def _only(order: list[int], weights: list[float] | None, keep) -> tuple[list[int], list[float] | None]:
@@ -108,7 +112,9 @@ class MeterLogitsProcessor(LogitsProcessor):
                 mask[row] = 0
                 continue
             row_weights = weights[row][: unmasked[row]] if weights else None
-            ending = self.budgets[row] - written <= ENDING_MARGIN
+            if not state.closing and order[row][:1] == [self.eos] and not policy.may_end(state):
+                state.closing = True  # the model would end here: close what is open rather than write on
+            ending = state.closing or self.budgets[row] - written <= ENDING_MARGIN
             allowed = self._allowed(state, order[row], row_weights, ending=ending)
             if not allowed and ending:  # no way to the end from here: keep the meter at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)

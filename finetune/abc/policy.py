@@ -40,6 +40,7 @@ from fractions import Fraction
 import regex
 
 from .reader import (
+    ANNOTATION_MARKS,
     CHORD_SYMBOL,
     SECTION_BAR,
     SECTION_START,
@@ -55,15 +56,19 @@ FIXED_INLINE_FIELD = regex.compile(r"^\[(?![A-Ga-g])[A-Za-z]")
 # What a tune body may hold once the model writes it: stricter than the checker, which must accept real tune books.
 # Printable ASCII only (titles may carry any text, music does not); no comments, no field lines; chord symbols
 # (`"Am7/G"`, reader.CHORD_SYMBOL) and annotations of one word (with a letter no note has), abbreviation or number
-# as tune books write them (`"^fine"`, `"_D.C."`, `"^SEGUE"`, `"_4"`), so that no music hides in one and no blank or stray mark stands for
-# one, rather than free text in quotes, one to a note (mark_waits); named decorations, one to a note too; notes in
-# grace groups.
+# as tune books write them (`"^fine"`, `"_D.C."`, `"^SEGUE"`, `"_4"`), so that no music hides in one and no blank
+# or stray mark stands for one, rather than free text in quotes, one to a note (mark_waits); named decorations, one
+# to a note too; notes in grace groups. No annotation holds three note letters in a row (`"^ABAGFGEMD."`), as no
+# quoted string of the corpus does.
+THREE_NOTES = regex.compile(r"[A-Ga-g]{3}")
 BODY_TEXT = regex.compile(r"^[ -$&-\[\]-~\n]*$")
 WRITTEN_TOKEN = regex.compile(
     r"""
     "(?:"""
     + CHORD_SYMBOL
-    + r"""|[\^_<>@](?:(?:[A-Za-z][a-g]{0,8}[h-z][a-z]{0,8}|[H-Zh-z][a-z]{0,9}|[A-Z]{0,7}[H-Z][A-Z]{0,7})\.?|D\.[CS]\.|[0-9]{1,2}))"
+    + "|["
+    + regex.escape(ANNOTATION_MARKS)
+    + r"""](?:(?:[A-Za-z][a-g]{0,8}[h-z][a-z]{0,8}|[H-Zh-z][a-z]{0,9}|[A-Z]{0,7}[H-Z][A-Z]{0,7})\.?|D\.[CS]\.|[0-9]{1,2}))"
   | !(?:mordent|turn|arpeggio|accent|fermata|wedge|breath|p{1,3}|mp|mf|f{1,3}|sfz|crescendo[()]|diminuendo[()]
         |[<>][()])!
   | \{/?(?:[\^_=]?(?:[A-G],{0,2}|[a-g]'{0,2})[1-4]?(?:/[248]?|//)?){1,8}\}
@@ -185,7 +190,8 @@ def _written_as_tunes_write(pending: str) -> bool:
         return True
     first = pending[0]
     if first in '"!+{':
-        return bool(WRITTEN_TOKEN.fullmatch(pending, partial=True))
+        annotation = first == '"' and len(pending) > 1 and pending[1] in ANNOTATION_MARKS
+        return bool(WRITTEN_TOKEN.fullmatch(pending, partial=True)) and not (annotation and THREE_NOTES.search(pending))
     if BAR_START.match(pending):
         return bool(WRITTEN_BAR.fullmatch(pending, partial=True))
     if first == "]":

@@ -79,6 +79,11 @@ CHORD_SYMBOL = r"[A-G][\#b]?(?:m|min|maj|dim|aug|sus)?(?:6|7|9|11|13)?(?:(?:add|
 # A word of an annotation that reads as music: notes with their lengths, slurs, ties and broken rhythm
 # (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text). Two such words in one quoted string, or one of
 # four notes or more (`AGFEDEFG.`), are music hidden from the player; tune books write `"_D2"` and `"DC"`.
+# What opens an annotation rather than a chord symbol: where to print it (above, below, left, right, anywhere).
+ANNOTATION_MARKS = "^_<>@"
+# Four note letters in a row in quoted text other than a chord symbol (`"^ABAGFGEMD."`): no quoted string of the
+# corpus has even three.
+NOTE_LETTERS = regex.compile(r"[A-Ga-g]{4}")
 MUSIC_WORD = regex.compile(r"(?=.*[A-Ga-g])(?:\(\d?|[\^_=]?[A-Ga-g][,']*\d*(?:/\d*)?|[-<>)])+")
 
 
@@ -144,12 +149,13 @@ def named_decoration(kind: str | None, text: str) -> bool:
 
 def hides_music(quoted: str) -> bool:
     """Whether a quoted string (`"Am7"`, `"^fine"`, without its quotes) holds music rather than a chord symbol or
-    text: a root with a number no chord writes (`"B22/B"`), or words that read as notes (`"^d2 e2"`, MUSIC_WORD)."""
+    text: a root with a number no chord writes (`"B22/B"`), a run of note letters (NOTE_LETTERS), or words that read
+    as notes (`"^d2 e2"`, MUSIC_WORD)."""
     if regex.fullmatch(CHORD_SYMBOL, quoted):
         return False
-    if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted):
+    if quoted[:1] in "ABCDEFG" and any(c.isdigit() for c in quoted) or NOTE_LETTERS.search(quoted):
         return True
-    words = [word.rstrip(".,;:!") for word in quoted.lstrip("^_<>@").split()]
+    words = [word.rstrip(".,;:!") for word in quoted.lstrip(ANNOTATION_MARKS).split()]
     music = [word for word in words if len(word) > 1 and MUSIC_WORD.fullmatch(word)]
     return len(music) >= 2 or any(sum(c in "ABCDEFGabcdefg" for c in word) >= 4 for word in music)
 

@@ -261,6 +261,24 @@ def test_near_the_budget_only_the_ending_is_kept():
 
 
 
+def test_where_the_model_would_end_the_tune_is_closed_and_ended():
+    """A model that ranks the end first with a slur open and a bar half full is steered to close both and end, as
+    near the budget; masking the end alone leaves it writing on where it meant to stop."""
+    processor = MeterLogitsProcessor(TOKENIZER, max_new_tokens=500, keep=len(TOKENIZER))
+    ids = torch.tensor([TOKENIZER(SECTION + "(d2d dc")["input_ids"]])
+    eos = TOKENIZER.eos_token_id
+    for _ in range(12):
+        scores = torch.zeros(1, len(TOKENIZER))
+        scores[0, eos] = 5.0
+        token = int(processor(ids, scores)[0].argmax())
+        if token == eos:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    tune = TOKENIZER.decode(ids[0], skip_special_tokens=True)
+    assert token == eos and tune.startswith(SECTION + "(d2d dc)"), tune
+    assert analyse(tune).valid, (tune, analyse(tune).errors)
+
+
 def test_where_an_earlier_processor_masked_all_the_meter_allows_the_meter_still_gives_the_row_a_token():
     """Near the budget only the end is allowed; a loop limit that masked the end (a fourth copy of a block ending
     there) must not leave the row nothing to sample, which generate would fail on."""
@@ -431,7 +449,7 @@ def test_quoted_strings_are_chords_and_words_as_tune_books_write_them():
 
     state = TuneState(Reader())
     advance(state, "M:4/4\nL:1/4\nK:G\nG A B c|")
-    for quoted in MUSIC_IN_QUOTES + ['"^Segbe2b2 e2e"', '"^G2"', '">z D.C.C.B,.A"', '"^Bad"']:  # and what reads as text
+    for quoted in MUSIC_IN_QUOTES + ['"^Segbe2b2 e2e"', '"^G2"', '">z D.C.C.B,.A"', '"^Bad"', '"^Segbe"']:  # and what reads as text
         assert verdict(state, quoted) is None, quoted
     for quoted in ['"Am7/G"', '"G7/b"', '"Gsus4"', '"C7b9"', '"^Segno"', '"_D.C."', '"^SEGUE"', '"_cresc."', '"^4"']:
         assert verdict(state, quoted) is not None, quoted
