@@ -76,12 +76,13 @@ WRITTEN_TOKEN = regex.compile(
     regex.VERBOSE,
 )
 # Bar lines as tunes write them (`| 1`, `[|]`, `:::|` are ABC too, but no tune needs them), and note lengths:
-# up to 16 units, halved up to three times.
+# up to 16 units, halved up to three times; rests that sound (`z`, `Z`): the invisible ones (`x`, `X`) are layout,
+# which 36 and 0 of the corpus's 13,060 tunes write, and the filler of a model that cannot end.
 WRITTEN_BAR = regex.compile(r"\||\|\||\|\]|\|:|:\||::|\[\||\|\[?[12]|:\|\[?[12]|:\|\]|\[[12]")
 BAR_START = regex.compile(r"^(?::|\||\[\||\[\d)")
-WRITTEN_NOTE = regex.compile(r"(?:(?:\^\^|\^|__|_|=)?(?:[A-G],{0,3}|[a-g]'{0,3})|[zx])(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
+WRITTEN_NOTE = regex.compile(r"(?:(?:\^\^|\^|__|_|=)?(?:[A-G],{0,3}|[a-g]'{0,3})|z)(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
-WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
+WRITTEN_MEASURES = regex.compile(r"Z(?:[1-9][0-9]?)?")
 WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
 # What may start after a one-character decoration, after grace notes and after a tie (abc2midi wants their
 # note next: Abc2midiQuirks), and the one decoration a note may carry.
