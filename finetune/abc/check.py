@@ -21,8 +21,8 @@ A tune is valid when its syntax is clean, K: is present, M:/L:/K: are well-forme
 length found nowhere else in the tune (a broken bar; a length that recurs is the tune's own, often a
 meter M: does not state), at least half of its bars keep the meter, no SYMBOL_HEAP chord symbols or
 annotations stand in a row with no note between them (quoted text in place of music), no quoted string holds
-music (`reader.hides_music`: `"B22/B"`, `"^d2 e2"`), and no slur closes over no note (`( )`, a sampler's filler). `bars_off` counts every off
-bar.
+music (`reader.hides_music`: `"B22/B"`, `"^d2 e2"`), and no slur closes over no note (`( )`, a sampler's
+filler). `bars_off` counts every off bar.
 """
 
 from __future__ import annotations

@@ -76,14 +76,14 @@ LENGTH = regex.compile(r"(\d*)(/*)(\d*)")
 # A chord symbol as tune books write one: a root, a quality, the extension numbers chords use and a bass note
 # (`Am7/G`, `Gsus4`, `C7b9`); a root followed by any other number is a note and its length in quotes (`"B2"`).
 CHORD_SYMBOL = r"[A-G][\#b]?(?:m|min|maj|dim|aug|sus)?(?:6|7|9|11|13)?(?:(?:add|sus)[249]|b5|b9|\#5|\#9|\#11)?(?:/[A-Ga-g][\#b]?)?"
-# A word of an annotation that reads as music: notes with their lengths, slurs, ties and broken rhythm
-# (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text). Two such words in one quoted string, or one of
-# four notes or more (`AGFEDEFG.`), are music hidden from the player; tune books write `"_D2"` and `"DC"`.
 # What opens an annotation rather than a chord symbol: where to print it (above, below, left, right, anywhere).
 ANNOTATION_MARKS = "^_<>@"
 # Four note letters in a row in quoted text other than a chord symbol (`"^ABAGFGEMD."`): no quoted string of the
 # corpus has even three.
 NOTE_LETTERS = regex.compile(r"[A-Ga-g]{4}")
+# A word of an annotation that reads as music: notes with their lengths, slurs, ties and broken rhythm
+# (`d2`, `(3Adc`, `f>d)`, `DEG`; a lone letter is a word of text). Two such words in one quoted string, or one of
+# four notes or more, are music hidden from the player; tune books write `"_D2"` and `"DC"`.
 MUSIC_WORD = regex.compile(r"(?=.*[A-Ga-g])(?:\(\d?|[\^_=]?[A-Ga-g][,']*\d*(?:/\d*)?|[-<>)])+")
 
 

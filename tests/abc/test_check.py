@@ -145,9 +145,10 @@ def test_quoted_text_heaped_in_place_of_music_fails_and_real_pairs_pass(checker)
 MUSIC_IN_QUOTES = ['"B22/B"', '"E2add22/A"', '"A2"', '">ABc) d2 d2 e"', '"<and> G)>A B2"', '">2 c/2 A/2 G/"',
                    '"<deB) (3deB ("', '"_ed))    (BA)"', '">4 d-c (3Adc "', '">AGFEDEFG."',
                    '">ABAGFGEMD."']
-# And what tune books write in quotes (the corpus's own strings): chords, words, abbreviations, fingering, labels.
-TEXT_IN_QUOTES = ['"Am7/G"', '"G7/b"', '"Gsus4"', '"Badd4"', '"B9b5/db"', '"^Segno"', '"_D.C."', '"4"', '"> 2,4"', '"_D2"', '"(End)"',
-                  '"2nd time: cut time (2/4)"', '"^fermat:a"', '"DC al (S)"', '"play a D"',
+# And text in quotes as tune books write it (the corpus's own strings, and chords and words like them): chords,
+# words, abbreviations, fingering, labels.
+TEXT_IN_QUOTES = ['"Am7/G"', '"G7/b"', '"Gsus4"', '"Badd4"', '"B9b5/db"', '"^Segno"', '"_D.C."', '"4"', '"> 2,4"',
+                  '"_D2"', '"(End)"', '"2nd time: cut time (2/4)"', '"^fermat:a"', '"DC al (S)"', '"play a D"',
                   '"^Bad"']
 
 
