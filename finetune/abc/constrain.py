@@ -12,10 +12,10 @@ asking what a stuck token or a full bar refuses (`_surely_refused`); both are ex
 
 In the last ENDING_MARGIN tokens of the budget it steers to an ending instead of being cut off: the end-of-sequence
 token as soon as the policy allows it, else a slur closed, a half-written token finished, the open bar closed (it
-may be short, as the last bar), with plain notes, rests and bar lines only. It steers the same way from the first
-step where the model's likeliest token is the end and the policy cannot allow it yet (a slur open, a bar half
-full): masked, the end would leave the model writing on where it meant to stop, and what it writes there is
-filler (lines of `)    (`, invisible rests, quoted text). It works for any tokenizer: each token's
+may be short, as the last bar), with plain notes, rests and bar lines only. Where the model's likeliest token is
+the end and the policy cannot allow it yet, it closes what is open first (a slur, a half-written token): masked,
+the end would leave the model writing on where it meant to stop, and what it writes there is filler (lines of
+`)    (`, invisible rests, quoted text). It closes no bar short for that: the bar is the model's to complete. It works for any tokenizer: each token's
 text is decoded once; tokens that are not text on their own (byte pieces, special tokens) are refused. If no token
 among the vocabulary keeps the meter, the row keeps only the syntax for that step (its bar will be off), counted in
 `self.unconstrained_steps`. A token that a processor before it has masked (-inf; sample.py puts the loop limit
@@ -47,10 +47,9 @@ SOUNDING = frozenset("^_=ABCDEFGabcdefgzx")  # what a note or rest may start wit
 
 @dataclass
 class RowState(TuneState):
-    """A row of the batch: its tune, whether it has ended, and whether it is steering to its end."""
+    """A row of the batch: its tune, and whether it has ended."""
 
     done: bool = False
-    closing: bool = False  # the model's likeliest token was the end where the policy could not allow it yet
 
 
 def _only(order: list[int], weights: list[float] | None, keep) -> tuple[list[int], list[float] | None]:
@@ -112,10 +111,12 @@ class MeterLogitsProcessor(LogitsProcessor):
                 mask[row] = 0
                 continue
             row_weights = weights[row][: unmasked[row]] if weights else None
-            if not state.closing and order[row][:1] == [self.eos] and not policy.may_end(state):
-                state.closing = True  # the model would end here: close what is open rather than write on
-            ending = state.closing or self.budgets[row] - written <= ENDING_MARGIN
-            allowed = self._allowed(state, order[row], row_weights, ending=ending)
+            ending = self.budgets[row] - written <= ENDING_MARGIN
+            allowed = []
+            if not ending and order[row][:1] == [self.eos] and not policy.may_end(state):
+                allowed = self._close_open(state, order[row])  # the model would end here: close what is open
+            if not allowed:
+                allowed = self._allowed(state, order[row], row_weights, ending=ending)
             if not allowed and ending:  # no way to the end from here: keep the meter at least
                 allowed = self._allowed(state, order[row], row_weights, ending=False)
             if not allowed:  # the meter cannot be kept from here: keep the syntax, and let this bar be off
@@ -138,19 +139,26 @@ class MeterLogitsProcessor(LogitsProcessor):
             return
         policy.advance(state, self.texts[token_id] or "")
 
+    def _close_open(self, state: RowState, order: list[int]) -> list[int]:
+        """What closes what the tune has open, if anything: a slur, or the token being written (`"Am`, `!tri`),
+        completed by one token where one can; [] where nothing is open or nothing closes it at once."""
+        writing = state.reader.pending and whole_pending(state.reader.pending) is None
+        if state.reader.slurs and not writing and self.close_slur is not None and policy.verdict(state, ")") is not None:
+            return [self.close_slur]
+        if writing:
+            return [t for t in order if self.texts[t] and policy.settles(state, self.texts[t])][: self.keep]
+        return []
+
     def _allowed(self, state: RowState, order: list[int], weights: list[float] | None, ending: bool) -> list[int]:
         allowed, found = [], []
         if ending:  # near the budget: end now, else close slurs, finish the token being written, close the bar
             if policy.may_end(state):
                 return [self.eos]
+            closing = self._close_open(state, order)
+            if closing:
+                return closing
             writing = state.reader.pending and whole_pending(state.reader.pending) is None
-            if state.reader.slurs and not writing and self.close_slur is not None and policy.verdict(state, ")") is not None:
-                return [self.close_slur]
-            if writing:  # a token half-written (`"Am`, `!tri`): complete it if one token can, else go on writing it
-                settling = [t for t in order if self.texts[t] and policy.settles(state, self.texts[t])]
-                if settling:
-                    return settling[: self.keep]
-            else:
+            if not writing:
                 order, weights = _only(order, weights, lambda t: self.texts[t] is None or PLAIN_TEXT.match(self.texts[t]))
                 closing = [t for t in order if self.texts[t] and policy.closes_bar(state, self.texts[t])
                            and policy.verdict(state, self.texts[t], meter=False) is not None]  # syntax and policy too

@@ -76,14 +76,15 @@ WRITTEN_TOKEN = regex.compile(
     regex.VERBOSE,
 )
 # Bar lines as tunes write them (`| 1`, `[|]`, `:::|` are ABC too, but no tune needs them), and note lengths:
-# up to 16 units, halved up to three times; rests that sound (`z`, `Z`): the invisible ones (`x`, `X`) are layout,
-# which tune books hardly write, and the filler of a model that cannot end.
+# up to 16 units, halved up to three times; rests that sound (`z`): the invisible `x` is layout, which tune books
+# hardly write, and the filler of a model that cannot end. Whole bars of rest (`Z`, `X`) stay: where a bar has
+# come off the grid of eighths of a unit, they are what still closes it.
 WRITTEN_BAR = regex.compile(r"\||\|\||\|\]|\|:|:\||::|\[\||\|\[?[12]|:\|\[?[12]|:\|\]|\[[12]")
 BAR_START = regex.compile(r"^(?::|\||\[\||\[\d)")
 WRITTEN_NOTE = regex.compile(r"(?:(?:\^\^|\^|__|_|=)?(?:[A-G],{0,3}|[a-g]'{0,3})|z)(?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
 WRITTEN_CHORD_END = regex.compile(r"\](?:[1-9]|1[0-6])?(?:/[248]?|//|///)?")
-WRITTEN_MEASURES = regex.compile(r"Z(?:[1-9][0-9]?)?")
-WRITTEN_TUPLET = regex.compile(r"\([234]")  # duplets, triplets, quadruplets: what folk tunes use
+WRITTEN_MEASURES = regex.compile(r"[ZX](?:[1-9][0-9]?)?")
+WRITTEN_TUPLET = regex.compile(r"\([23]")  # duplets and triplets: what folk tunes use
 # What may start after a one-character decoration, after grace notes and after a tie (abc2midi wants their
 # note next: Abc2midiQuirks), and the one decoration a note may carry.
 DECORATED = regex.compile(r"[\^_=A-Ga-gzx\[]")
