@@ -15,8 +15,8 @@ token as soon as the policy allows it, else a slur closed, a half-written token 
 may be short, as the last bar), with plain notes, rests and bar lines only. Where the model's likeliest token is
 the end and the policy cannot allow it yet, it closes what is open first (a slur, a half-written token): masked,
 the end would leave the model writing on where it meant to stop, and what it writes there is filler (lines of
-`)    (`, invisible rests, quoted text). It closes no bar short for that: the bar is the model's to complete. It works for any tokenizer: each token's
-text is decoded once; tokens that are not text on their own (byte pieces, special tokens) are refused. If no token
+`)    (`, invisible rests, quoted text). It closes no bar short for that: the bar is the model's to complete.
+It works for any tokenizer: each token's text is decoded once; tokens that are not text on their own (byte pieces, special tokens) are refused. If no token
 among the vocabulary keeps the meter, the row keeps only the syntax for that step (its bar will be off), counted in
 `self.unconstrained_steps`. A token that a processor before it has masked (-inf; sample.py puts the loop limit
 there) is refused too.
